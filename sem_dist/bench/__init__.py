@@ -1,0 +1,1 @@
+"""Benchmarks (never part of the test suite): ``python -m sem_dist.bench NAME [--quick] --json``."""

@@ -1,0 +1,55 @@
+"""The ``sem-dist`` command line (also ``python -m sem_dist``).
+
+Each subcommand lives in ``sem_dist/commands/<name>.py``. Failures print one line,
+``sem-dist <command>: error: <message>``, and exit with status 1 (2 for usage errors).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from . import __version__, commands
+
+
+def _load_commands():
+    mods = [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    return sorted(mods, key=lambda m: m.NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sem-dist",
+        description="Protect image datasets with unlearnable examples (SEM and baselines) on Ray. "
+                    "All radii are ℓ∞ in [0,1] pixel units and accept fractions such as 8/255.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in _load_commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"sem-dist {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; SEM_DIST_DEBUG=1 shows the traceback
+        if os.environ.get("SEM_DIST_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"sem-dist {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The paper's perturbation math in plain PyTorch (no Ray, no storage)."""

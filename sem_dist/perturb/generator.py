@@ -1,0 +1,201 @@
+"""Algorithm 1: training the noise generator (surrogate θ) by min-min-max.
+
+Per step i: a minibatch (x, y); δ^u from the shared solver (``noise.solve_noise``); t ~ T;
+δ^a = PGD(t(x + δ^u)) when the method trains θ adversarially; one SGD step on θ with
+ℓ(f_θ(t(x + δ^u) + δ^a), y). The choices of DESIGN.md's table (SEM, REM, REM-θ, REM-δu, EM,
+Table 7's rows) are all configurations of this one loop.
+
+Randomness is a pure function of (seed, step, rank): every step reseeds its stream from those, and
+minibatches come from seeded epoch permutations. A checkpoint therefore needs only the step to resume
+the exact sequence, whichever process or machine picks it up.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ProtectConfig
+from ..device import autocast, prepare_model
+from ..models import build_model, unwrap
+from ..rng import BatchStream, make_generator
+from .noise import NoiseSpec, solve_noise
+from .pgd import frozen, pgd
+
+CHECKPOINT_NAME = "generator.pt"
+
+
+def step_seed(seed: int, step: int, rank: int = 0, purpose: str = "alg1") -> int:
+    digest = hashlib.blake2b(f"{purpose}\x00{seed}\x00{step}\x00{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class BatchSource(Protocol):
+    """What Algorithm 1 needs from a dataset: its size and a batch by indices (images in [0,1])."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class StepSampler:
+    """Minibatch indices for step i: positions [iB, (i+1)B) of a stream of seeded epoch permutations.
+
+    No sample is dropped at epoch ends and the batch of any step is computable from (seed, step) alone.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n <= 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.n, generator=make_generator(
+                step_seed(self.seed, epoch, purpose="epoch")))}
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs, offsets = pos // self.n, pos % self.n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            mask = epochs == e
+            out[mask] = self._perm(e)[offsets[mask]]
+        return out
+
+
+def lr_at(cfg: ProtectConfig, step: int) -> float:
+    """Step decay (official code: ×0.1 every 2000 steps)."""
+    t = cfg.trainer
+    return t.lr * (t.lr_gamma ** (step // t.lr_step)) if t.lr_step > 0 else t.lr
+
+
+def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              cfg: ProtectConfig, spec: NoiseSpec, stream) -> dict[str, float]:
+    """One iteration of Algorithm 1 (lines 2–12). ``model`` may be DDP-wrapped: only θ's update goes
+    through the wrapper (and its gradient all-reduce); δ^u and δ^a are solved on the plain module."""
+    net = unwrap(model)
+    with frozen(net):
+        delta_u = solve_noise(net, x, y, spec, stream)
+        xt = spec.transform.sample(x + delta_u, stream)
+        if cfg.trainer.model_adv:
+            xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
+                          stream=stream if cfg.attack.random_start else None)
+    model.train()
+    with autocast(x.device, spec.amp):
+        logits = model(xt)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+
+
+@dataclass
+class GeneratorTraining:
+    """The state of an Algorithm-1 run: model, optimizer and the next step to take."""
+
+    cfg: ProtectConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    spec: NoiseSpec
+    step: int = 0
+
+    @classmethod
+    def create(cls, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
+               device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None) -> "GeneratorTraining":
+        model = prepare_model(build_model(cfg.trainer.arch, num_classes, in_channels, seed=cfg.seed), device)
+        if wrap is not None:
+            model = wrap(model)
+        t = cfg.trainer
+        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return cls(cfg, model, opt, NoiseSpec.from_config(cfg, image_side))
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.trainer.steps
+
+    def run_step(self, x: torch.Tensor, y: torch.Tensor, rank: int = 0) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.cfg, self.step)
+        stream = BatchStream(make_generator(step_seed(self.cfg.seed, self.step, rank), x.device), x.shape[0])
+        stats = alg1_step(self.model, self.optimizer, x, y, self.cfg, self.spec, stream)
+        self.step += 1
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "lr": lr_at(self.cfg, self.step),
+                # the RNG state is a pure function of these (see module docstring)
+                "rng": {"seed": self.cfg.seed, "scheme": "blake2b(seed, step, rank)"},
+                "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = ProtectConfig.from_dict(state["config"]).to_dict()
+        mine = self.cfg.to_dict()
+        if saved != mine:
+            diff = sorted(k for k in mine if mine[k] != saved.get(k))
+            raise ValueError(f"checkpoint was written by a different configuration (differs in: {', '.join(diff)})")
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Atomic write: a crash leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Checkpoints are plain state dicts: loaded with ``weights_only=True``, never unpickled freely."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def iterate_steps(training: GeneratorTraining, data: BatchSource, device: torch.device,
+                  rank: int = 0, world: int = 1) -> Iterator[dict[str, float]]:
+    """Run the remaining steps; this worker takes rows ``rank::world`` of each global batch."""
+    sampler = StepSampler(len(data), training.cfg.trainer.batch_size, training.cfg.seed)
+    while not training.done:
+        idx = sampler.indices(training.step)[rank::world]
+        x, y = data.batch(idx)
+        t0 = time.perf_counter()
+        stats = training.run_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), rank)
+        stats["step"] = training.step
+        stats["step_s"] = time.perf_counter() - t0
+        yield stats
+
+
+def train_generator(cfg: ProtectConfig, data: BatchSource, num_classes: int, in_channels: int, image_side: int,
+                    device: torch.device, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                    progress=None, stop_after: int | None = None) -> GeneratorTraining:
+    """Algorithm 1 in this process. With ``checkpoint_dir`` a checkpoint is written every
+    ``trainer.checkpoint_every`` steps and at the end; ``resume`` continues from it.
+    ``stop_after`` ends the call after that many steps (the run stays resumable)."""
+    training = GeneratorTraining.create(cfg, num_classes, in_channels, image_side, device)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        training.load_state_dict(load_checkpoint(ckpt, device))
+    every = max(1, cfg.trainer.checkpoint_every)
+    taken = 0
+    for stats in iterate_steps(training, data, device):
+        taken += 1
+        if progress is not None:
+            progress(stats)
+        if ckpt is not None and (training.step % every == 0 or training.done):
+            save_checkpoint(training.state_dict(), ckpt)
+        if stop_after is not None and taken >= stop_after:
+            break
+    return training

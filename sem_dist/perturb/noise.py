@@ -1,0 +1,110 @@
+"""The δ^u solver shared by Algorithm 1 (lines 2–9), Algorithm 3 and Algorithm 4.
+
+K_u signed-gradient *descent* steps on the defensive noise δ^u from a uniform start in ±ρ_u. Each step
+averages ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u over J draws of (t_j, δ_j), computed as ONE forward/backward
+over J·B images. The inner perturbation δ_j is
+
+- ``random``      SEM: δ^r ~ U(−ρ_r, ρ_r) per element (Eq. 10);
+- ``adversarial`` REM: K_a-step PGD ascent on t_j(x+δ^u) (Eq. 6);
+- ``none``        min-min (EM and Table 7's last row).
+
+The model must be in eval mode with frozen parameters (``pgd.frozen``); every sample's gradient then
+depends on that sample alone, so with per-sample streams the noise is independent of batching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ProtectConfig
+from ..device import autocast
+from ..rng import uniform_ball
+from .attacks import get_attack
+from .pgd import project
+from .transforms import Transform, get_transform
+
+
+class RepeatStream:
+    """View a per-sample stream as one over J copies of each sample (rows ordered sample-major)."""
+
+    def __init__(self, stream, repeats: int):
+        self.stream, self.repeats = stream, repeats
+        self.n = stream.n * repeats
+        self.device = stream.device
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return self.stream.rand(self.repeats, *shape).reshape(self.n, *shape)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Numeric settings of the δ^u solver, resolved from a :class:`ProtectConfig`."""
+
+    rho_u: float
+    alpha_u: float
+    steps: int  # K_u
+    samples: int  # J
+    inner: str  # random | adversarial | none
+    rho_r: float
+    rho_a: float
+    alpha_a: float
+    attack_steps: int  # K_a
+    attack: Callable  # inner maximiser for ``adversarial`` (Table 14)
+    transform: Transform
+    amp: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: ProtectConfig, image_side: int) -> "NoiseSpec":
+        return cls(rho_u=cfg.budget.rho_u, alpha_u=cfg.alpha_u, steps=cfg.solver.steps,
+                   samples=cfg.solver.samples, inner=cfg.solver.inner, rho_r=cfg.budget.rho_random,
+                   rho_a=cfg.budget.rho_a, alpha_a=cfg.alpha_a, attack_steps=cfg.attack.steps,
+                   attack=get_attack(cfg.attack.algorithm), transform=get_transform(cfg.solver.transform,
+                   image_side), amp=cfg.trainer.amp)
+
+
+def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, spec: NoiseSpec,
+                       stream) -> torch.Tensor | None:
+    """δ_j for the transformed images ``xt`` (J·B rows, detached); ``None`` for no perturbation."""
+    if spec.inner == "random":
+        return uniform_ball(stream, spec.rho_r, *xt.shape[1:]).to(xt.dtype)
+    if spec.inner == "adversarial":
+        return spec.attack(model, xt, y_rep, spec.rho_a, spec.alpha_a, spec.attack_steps, stream=stream)
+    if spec.inner == "none":
+        return None
+    raise ValueError(f"unknown inner perturbation {spec.inner!r}")
+
+
+def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, spec: NoiseSpec,
+                   rows: RepeatStream) -> torch.Tensor:
+    """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (rows: J per sample)."""
+    b, j = x.shape[0], spec.samples
+    shape = x.shape[1:]
+    delta = delta.detach().requires_grad_(True)
+    xj = (x + delta).unsqueeze(1).expand(b, j, *shape).reshape(b * j, *shape)
+    xt = spec.transform.sample(xj, rows)
+    delta_j = inner_perturbation(model, xt.detach(), y.repeat_interleave(j), spec, rows)
+    # δ_j is a constant; the gradient reaches δ^u through the clamp and t_j
+    inputs = xt if delta_j is None else (xt + delta_j).clamp(0.0, 1.0)
+    with autocast(x.device, spec.amp):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float(), y.repeat_interleave(j), reduction="sum") / j
+    (grad,) = torch.autograd.grad(loss, delta)
+    return grad
+
+
+def solve_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: NoiseSpec, stream) -> torch.Tensor:
+    """Defensive noise δ^u for the batch ``(x, y)``; ``stream`` has one row per sample.
+
+    Returns δ^u with ‖δ^u‖∞ ≤ ρ_u and x + δ^u ∈ [0, 1]. ``model`` must be frozen (eval mode).
+    """
+    x = x.detach()
+    delta = project(x, uniform_ball(stream, spec.rho_u, *x.shape[1:]).to(x.dtype), spec.rho_u)
+    rows = RepeatStream(stream, spec.samples)
+    for _ in range(spec.steps):
+        grad = noise_gradient(model, x, y, delta, spec, rows)
+        delta = project(x, delta - spec.alpha_u * grad.sign(), spec.rho_u)
+    return delta

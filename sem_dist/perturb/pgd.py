@@ -1,0 +1,60 @@
+"""ℓ∞ projected gradient descent/ascent on inputs in [0,1] pixel space."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..rng import uniform_ball
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with parameter gradients off, for input-gradient passes; restores both afterwards.
+
+    Eval mode keeps BatchNorm statistics fixed and makes each sample's gradient independent of the
+    rest of the batch; turning ``requires_grad`` off spares autograd the weight-gradient work.
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def project(x: torch.Tensor, delta: torch.Tensor, rho: float) -> torch.Tensor:
+    """Project δ onto the ℓ∞ ball of radius ρ and so that x + δ stays in [0, 1]."""
+    delta = delta.clamp(-rho, rho)
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alpha: float, steps: int,
+        *, maximize: bool = True, stream=None) -> torch.Tensor:
+    """ℓ∞ PGD; returns δ with ‖δ‖∞ ≤ ρ and x + δ ∈ [0, 1].
+
+    ``maximize=True`` ascends the cross-entropy of ``labels`` (untargeted attack); ``maximize=False``
+    descends it, which is a targeted attack when ``labels`` are the targets. A ``stream`` (see
+    ``rng.py``) gives a uniform random start in the ball; ``None`` starts at zero. Call it on a
+    model in eval mode with frozen parameters (see :func:`frozen`); x is treated as a constant.
+    """
+    x = x.detach()
+    if steps <= 0 or rho <= 0:
+        return torch.zeros_like(x)
+    delta = torch.zeros_like(x) if stream is None else uniform_ball(stream, rho, *x.shape[1:])
+    delta = project(x, delta.to(x.dtype), rho)
+    sign = 1.0 if maximize else -1.0
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = project(x, delta.detach() + sign * alpha * grad.sign(), rho)
+    return delta.detach()

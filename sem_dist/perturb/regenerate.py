@@ -1,0 +1,42 @@
+"""Algorithm 4 (noise regeneration) and the exact int8 noise storage.
+
+With θ frozen, the δ^u solver runs over EVERY sample (no drop_last gap). Each sample draws its
+randomness from a stream seeded by (seed, sample id), so its noise is the same whichever batch or
+worker computes it. Noise is stored as int8 = round(255·δ^u) and the protected image is the uint8
+``clip(x + noise, 0, 255)``: storing the image (or x and the noise) is exact and lossless.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def max_level(rho_u: float) -> int:
+    """Largest integer noise level within ±ρ_u (8 for 8/255; rounding never exceeds the budget)."""
+    return int(math.floor(255.0 * rho_u + 1e-6))
+
+
+def quantize(delta: torch.Tensor, rho_u: float) -> torch.Tensor:
+    """δ in [0,1] units → int8 grey levels, clipped to ±floor(255·ρ_u)."""
+    q = max_level(rho_u)
+    return torch.round(delta * 255.0).clamp_(-q, q).to(torch.int8)
+
+
+def apply_noise(images: np.ndarray | torch.Tensor, noise: np.ndarray | torch.Tensor):
+    """uint8 image + int8 noise → protected uint8 image (exact)."""
+    if isinstance(images, torch.Tensor):
+        return (images.to(torch.int16) + noise.to(torch.int16)).clamp_(0, 255).to(torch.uint8)
+    return np.clip(images.astype(np.int16) + noise.astype(np.int16), 0, 255).astype(np.uint8)
+
+
+def regenerate(method, batches: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]],
+               device: torch.device) -> Iterator[tuple[Sequence[str], np.ndarray]]:
+    """Algorithm 4 for any fitted :class:`~sem_dist.perturb.methods.NoiseMethod`:
+    stream ``(ids, uint8 NCHW images, labels)`` batches to ``(ids, int8 noise)`` batches."""
+    for ids, images, labels in batches:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0)
+        y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        yield ids, quantize(method.perturb(x, y, ids), method.cfg.budget.rho_u).cpu().numpy()

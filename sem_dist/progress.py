@@ -1,0 +1,14 @@
+"""Progress bars on stderr (quiet when not a terminal unless forced), so stdout stays machine-readable."""
+from __future__ import annotations
+
+import os
+import sys
+
+from tqdm import tqdm
+
+
+def bar(total: int | None, desc: str, unit: str = "it", disable: bool | None = None) -> tqdm:
+    if disable is None:
+        disable = os.environ.get("SEM_DIST_PROGRESS", "auto") == "0"
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True,
+                mininterval=1.0)

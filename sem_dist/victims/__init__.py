@@ -1,0 +1,1 @@
+"""Victim training: how a model trained on protected data fares on clean test data."""
