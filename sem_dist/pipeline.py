@@ -48,7 +48,7 @@ def protect_arrays(cfg: ProtectConfig, data: ArrayDataset, device: torch.device,
     t0 = time.perf_counter()
     method = fit_method(cfg, data, device, checkpoint_dir, resume)
     t1 = time.perf_counter()
-    noise = regenerate_all(method, data, device, cfg.regen_batch_size)
+    noise = regenerate_all(method, data, device, method.regen_batch_size())
     t2 = time.perf_counter()
     return data.with_images(apply_noise(data.images, noise), noise), {"fit_s": t1 - t0, "regenerate_s": t2 - t1}
 

@@ -1,7 +1,7 @@
 """An in-memory image dataset: ids, uint8 NCHW images, int64 labels, class names."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +15,7 @@ class ArrayDataset:
     labels: np.ndarray  # (N,) int64
     classes: list[str]
     noise: np.ndarray | None = None  # (N, C, H, W) int8 defensive noise, when the dataset is protected
+    meta: dict = field(default_factory=dict)  # e.g. the manifest of the canonical dataset it came from
 
     def __post_init__(self):
         n = len(self.ids)
@@ -50,10 +51,10 @@ class ArrayDataset:
     def subset(self, indices: Sequence[int]) -> "ArrayDataset":
         idx = np.asarray(indices, dtype=np.int64)
         return ArrayDataset([self.ids[i] for i in idx], self.images[idx], self.labels[idx], list(self.classes),
-                            None if self.noise is None else self.noise[idx])
+                            None if self.noise is None else self.noise[idx], dict(self.meta))
 
     def with_images(self, images: np.ndarray, noise: np.ndarray | None = None) -> "ArrayDataset":
-        return ArrayDataset(list(self.ids), images, self.labels, list(self.classes), noise)
+        return ArrayDataset(list(self.ids), images, self.labels, list(self.classes), noise, dict(self.meta))
 
     def clean_images(self) -> np.ndarray:
         """The unprotected originals: protected − noise is exact because x + noise never clips (see

@@ -38,6 +38,11 @@ class NoiseMethod(ABC):
     def perturb(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
         """δ for a batch of images in [0,1] on ``self.device``; depends only on each sample and its id."""
 
+    def regen_batch_size(self) -> int:
+        """Batch size for Algorithm 4. Per-sample methods may use any size (results do not depend on
+        it); block methods (NTGA) return their block size."""
+        return self.cfg.regen_batch_size
+
     def state_dict(self) -> dict:
         return {}
 

@@ -56,6 +56,7 @@ class VictimResult:
     curve: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     config: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained victim (not serialised)
 
 
 def lr_at(cfg: VictimConfig, step: int, total: int) -> float:
@@ -72,7 +73,7 @@ def accuracy(model: torch.nn.Module, data: ArrayDataset, device: torch.device, b
     return correct / max(1, len(data))
 
 
-def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset, device: torch.device,
+def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset | None, device: torch.device,
                  progress: Callable[[dict], None] | None = None) -> VictimResult:
     if len(train) == 0:
         raise ValueError("the training set is empty")
@@ -105,11 +106,11 @@ def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset, dev
         train_correct += int((logits.argmax(1) == y).sum())
         train_seen += len(y)
         if (step + 1) % every == 0 or step + 1 == total:
-            point = {"step": step + 1, "loss": float(loss), "train_acc": train_correct / train_seen,
-                     "test_acc": accuracy(model, test, device)}
+            point = {"step": step + 1, "loss": float(loss.detach()), "train_acc": train_correct / train_seen,
+                     "test_acc": None if test is None else accuracy(model, test, device)}
             curve.append(point)
             train_correct = train_seen = 0
             if progress is not None:
                 progress(point)
     return VictimResult(test_acc=curve[-1]["test_acc"], train_acc=curve[-1]["train_acc"], steps=total,
-                        curve=curve, wall_s=time.perf_counter() - t0, config=asdict(cfg))
+                        curve=curve, wall_s=time.perf_counter() - t0, config=asdict(cfg), model=model)
