@@ -52,6 +52,19 @@ class SampleStreams:
         return torch.stack([torch.rand(shape, generator=g, device=g.device) for g in self.generators])
 
 
+class RowSlice:
+    """Rows ``rows`` of another stream's draws: a worker holding part of a global batch draws the whole
+    batch's randomness and keeps its own rows, so the result does not depend on the worker count."""
+
+    def __init__(self, stream, rows: slice):
+        self.stream, self.rows = stream, rows
+        self.n = len(range(stream.n)[rows])
+        self.device = stream.device
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return self.stream.rand(*shape)[self.rows]
+
+
 def uniform_ball(stream, rho: float, *shape: int) -> torch.Tensor:
     """δ ~ U(−ρ, ρ) i.i.d. per element, shape ``(n, *shape)``. ρ = 0 draws nothing (zeros), so a
     zero-radius perturbation leaves the stream exactly where no perturbation would."""

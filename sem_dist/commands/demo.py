@@ -43,7 +43,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     train, test = load_digits("train"), load_digits("test")
-    overrides = dict(DEMO_OVERRIDES, **{"trainer.steps": args.steps})
+    overrides = dict(DEMO_OVERRIDES)
+    if args.steps is not None:
+        overrides["trainer.steps"] = args.steps
     cfg = resolve_config(args.method, train.image_side, overrides=overrides)
     cfg.seed = args.seed
     t0 = time.perf_counter()

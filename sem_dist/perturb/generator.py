@@ -5,9 +5,11 @@ Per step i: a minibatch (x, y); δ^u from the shared solver (``noise.solve_noise
 ℓ(f_θ(t(x + δ^u) + δ^a), y). The choices of DESIGN.md's table (SEM, REM, REM-θ, REM-δu, EM,
 Table 7's rows) are all configurations of this one loop.
 
-Randomness is a pure function of (seed, step, rank): every step reseeds its stream from those, and
-minibatches come from seeded epoch permutations. A checkpoint therefore needs only the step to resume
-the exact sequence, whichever process or machine picks it up.
+Randomness is a pure function of (seed, step): every step reseeds its stream from those, and minibatches
+come from seeded epoch permutations. A checkpoint therefore needs only the step to resume the exact
+sequence, whichever process or machine picks it up. With W workers each draws the global batch's
+randomness and keeps its own rows, so the worker count changes only floating-point summation order and
+BatchNorm's per-worker batch statistics in θ's update.
 """
 from __future__ import annotations
 
@@ -25,15 +27,15 @@ import torch.nn.functional as F
 from ..config import ProtectConfig
 from ..device import autocast, prepare_model
 from ..models import build_model, unwrap
-from ..rng import BatchStream, make_generator
+from ..rng import BatchStream, RowSlice, make_generator
 from .noise import NoiseSpec, solve_noise
 from .pgd import frozen, pgd
 
 CHECKPOINT_NAME = "generator.pt"
 
 
-def step_seed(seed: int, step: int, rank: int = 0, purpose: str = "alg1") -> int:
-    digest = hashlib.blake2b(f"{purpose}\x00{seed}\x00{step}\x00{rank}".encode(), digest_size=8).digest()
+def step_seed(seed: int, step: int, purpose: str = "alg1") -> int:
+    digest = hashlib.blake2b(f"{purpose}\x00{seed}\x00{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -80,9 +82,11 @@ def lr_at(cfg: ProtectConfig, step: int) -> float:
 
 
 def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              cfg: ProtectConfig, spec: NoiseSpec, stream) -> dict[str, float]:
+              cfg: ProtectConfig, spec: NoiseSpec, stream, loss_scale: float | None = None) -> dict[str, float]:
     """One iteration of Algorithm 1 (lines 2–12). ``model`` may be DDP-wrapped: only θ's update goes
-    through the wrapper (and its gradient all-reduce); δ^u and δ^a are solved on the plain module."""
+    through the wrapper (and its gradient all-reduce); δ^u and δ^a are solved on the plain module and
+    need no communication. ``loss_scale`` multiplies the summed loss (default 1/len(x), the mean); a
+    worker holding part of a global batch B among W workers uses W/B, so DDP's average is the global mean."""
     net = unwrap(model)
     with frozen(net):
         delta_u = solve_noise(net, x, y, spec, stream)
@@ -93,11 +97,11 @@ def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     model.train()
     with autocast(x.device, spec.amp):
         logits = model(xt)
-    loss = F.cross_entropy(logits.float(), y)
+    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss_sum * (1.0 / len(y) if loss_scale is None else loss_scale)).backward()
     optimizer.step()
-    return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+    return {"loss": float(loss_sum.detach()) / len(y), "acc": float((logits.argmax(1) == y).float().mean())}
 
 
 @dataclass
@@ -124,11 +128,16 @@ class GeneratorTraining:
     def done(self) -> bool:
         return self.step >= self.cfg.trainer.steps
 
-    def run_step(self, x: torch.Tensor, y: torch.Tensor, rank: int = 0) -> dict[str, float]:
+    def run_step(self, x: torch.Tensor, y: torch.Tensor, rank: int = 0, world: int = 1) -> dict[str, float]:
+        """One step on this worker's rows ``rank::world`` of the global batch ``(x, y)`` given here
+        already sliced; the random draws are made for the global batch and sliced the same way."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, self.step)
-        stream = BatchStream(make_generator(step_seed(self.cfg.seed, self.step, rank), x.device), x.shape[0])
-        stats = alg1_step(self.model, self.optimizer, x, y, self.cfg, self.spec, stream)
+        batch = self.cfg.trainer.batch_size if world > 1 else x.shape[0]
+        stream = RowSlice(BatchStream(make_generator(step_seed(self.cfg.seed, self.step), x.device), batch),
+                          slice(rank, None, world))
+        stats = alg1_step(self.model, self.optimizer, x, y, self.cfg, self.spec, stream,
+                          loss_scale=world / batch)
         self.step += 1
         return stats
 
@@ -136,7 +145,7 @@ class GeneratorTraining:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "lr": lr_at(self.cfg, self.step),
                 # the RNG state is a pure function of these (see module docstring)
-                "rng": {"seed": self.cfg.seed, "scheme": "blake2b(seed, step, rank)"},
+                "rng": {"seed": self.cfg.seed, "scheme": "blake2b(seed, step)"},
                 "config": self.cfg.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -172,7 +181,7 @@ def iterate_steps(training: GeneratorTraining, data: BatchSource, device: torch.
         idx = sampler.indices(training.step)[rank::world]
         x, y = data.batch(idx)
         t0 = time.perf_counter()
-        stats = training.run_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), rank)
+        stats = training.run_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), rank, world)
         stats["step"] = training.step
         stats["step_s"] = time.perf_counter() - t0
         yield stats
