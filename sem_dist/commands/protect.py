@@ -1,0 +1,86 @@
+"""Protect a dataset with unlearnable-example noise and write a protected canonical copy.
+
+Trains the method's generator (Algorithm 1), then regenerates the noise of every sample shard by shard
+(Algorithm 4) and writes PNG images (exact: protected = clip(image + noise, 0, 255)) with a manifest
+recording the method, the full resolved config, the seed, the input URI (no credentials), noise
+statistics, timings and the worker settings.
+
+Units: every radius is an ℓ∞ bound in [0,1] pixel units; fractions are accepted, so 8/255 means eight
+grey levels. Config precedence: the method's defaults (per image size) < --config FILE < flags.
+
+--data takes any source spec ``convert`` takes (a canonical URI, digits, cifar10:DIR, ...); for sources
+with splits the train split is protected unless ``?split=NAME`` says otherwise. --out must be new or
+empty; --resume continues an interrupted run (generator checkpoint and finished shards are kept in
+OUT/_staging, or in a local cache folder / --checkpoint-dir for remote outputs).
+"""
+from __future__ import annotations
+
+from ._storage_args import URI_HELP, add_bad_record_argument, add_storage_arguments, storage_options
+
+NAME = "protect"
+HELP = "train the noise generator and write a protected copy of a dataset"
+
+# flag dest -> dotted config key
+OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.rho_r", "steps": "trainer.steps",
+             "samples": "solver.samples", "ku": "solver.steps", "ka": "attack.steps", "arch": "trainer.arch",
+             "seed": "seed", "batch_size": "trainer.batch_size"}
+
+
+def add_arguments(p) -> None:
+    p.epilog = URI_HELP
+    p.add_argument("--data", required=True, metavar="URI", help="dataset to protect")
+    p.add_argument("--out", required=True, metavar="URI", help="output folder; new or empty, not inside --data")
+    p.add_argument("--method", default="sem", help="sem (default), rem, em, rem-theta, rem-delta, tap, sc, ntga")
+    g = p.add_argument_group("budgets (ℓ∞ radii in [0,1] pixel units; 8/255 accepted)")
+    g.add_argument("--rho-u", metavar="R", help="protective noise radius ρ_u (default 8/255)")
+    g.add_argument("--rho-a", metavar="R", help="adversarial radius ρ_a of the generator's training (default 4/255)")
+    g.add_argument("--rho-r", metavar="R", help="SEM's random-perturbation radius ρ_r (default ρ_a)")
+    g = p.add_argument_group("generator")
+    g.add_argument("--steps", type=int, metavar="M", help="generator training steps M (default 5000)")
+    g.add_argument("--samples", type=int, metavar="J", help="draws J averaged per noise step (default 5)")
+    g.add_argument("--ku", type=int, metavar="K", help="noise solver steps K_u (default 10)")
+    g.add_argument("--ka", type=int, metavar="K", help="PGD steps K_a for δ^a (default 10)")
+    g.add_argument("--arch", metavar="NAME", help="generator model: resnet18 (default), small_cnn, vgg16, ...")
+    g.add_argument("--batch-size", type=int, metavar="B", help="generator batch size (default 128)")
+    g.add_argument("--seed", type=int, metavar="S", help="run seed (default 0); noise depends on (seed, id)")
+    g.add_argument("--config", metavar="FILE", help="YAML of config keys (overridden by the flags above)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="Algorithm-1 workers: 1 (default) trains in this process; N > 1 runs Ray Train with N DDP "
+                        "workers (gloo on CPU, nccl on GPU) on the cluster at --address, else an embedded local Ray")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs per Ray Train worker (0 = CPU workers)")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset sem-dist wrote at --out (never deletes anything else)")
+    g.add_argument("--checkpoint-dir", metavar="URI",
+                   help="where generator checkpoints go: a local folder, or with --workers > 1 also "
+                        "s3://bucket/prefix (Ray Train storage; same folder + --resume continues the run)")
+    g.add_argument("--shard-rows", type=int, metavar="N", help="images per output shard (default: as the input)")
+    g.add_argument("--keep-noise", action="store_true",
+                   help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
+    add_bad_record_argument(p)
+    add_storage_arguments(p)
+
+
+def run(args) -> int:
+    from ..protect_dataset import ProtectRequest, protect
+
+    for flag in ("workers", "shard_rows"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest) is not None}
+    req = ProtectRequest(
+        data=args.data, out=args.out, method=args.method, overrides=overrides, config_file=args.config,
+        device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
+        resume=args.resume,
+        overwrite=args.overwrite, on_bad_record=args.on_bad_record, shard_rows=args.shard_rows,
+        keep_noise=args.keep_noise, checkpoint_dir=args.checkpoint_dir, storage=storage_options(args))
+    m = protect(req)
+    noise = m.protection["noise"]
+    skipped = f"; {len(m.skipped)} bad records skipped (listed in the manifest)" if m.skipped else ""
+    print(f"protected {m.count} images with {m.protection['method']}: noise ℓ∞ = {noise['linf_levels']}/255, "
+          f"{len(m.shards)} shard(s){skipped}")
+    return 0

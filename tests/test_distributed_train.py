@@ -1,0 +1,104 @@
+"""Algorithm 1 on a real local Ray cluster (Train V2, gloo DDP on CPU workers)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sem_dist.config import resolve_config
+from sem_dist.perturb.generator import train_generator
+from sem_dist.perturb.methods import get_method
+from sem_dist.pipeline import regenerate_all
+
+ray = pytest.importorskip("ray")
+
+CPU = torch.device("cpu")
+TINY = {"trainer.arch": "small_cnn", "trainer.batch_size": 16, "trainer.steps": 6, "trainer.checkpoint_every": 2,
+        "solver.steps": 2, "solver.samples": 2, "attack.steps": 2}
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    return digits[0].subset(range(160))
+
+
+def _opts(tmp_path, **kw):
+    from sem_dist.distributed.train import RayTrainOptions
+
+    return RayTrainOptions(storage=str(tmp_path / "runs"), log_every_s=0, **kw)
+
+
+def _method_from(state, cfg, data):
+    method = get_method(cfg, data.num_classes, data.in_channels, data.image_side, CPU)
+    method.load_state_dict({"model": state["model"]})
+    return method
+
+
+def test_one_and_two_workers_train_a_valid_generator(ray_cluster, small, tmp_path):
+    from sem_dist.distributed.train import fit_generator
+
+    cfg = resolve_config("sem", 32, overrides=TINY)
+    one, m1 = fit_generator(cfg, small, _opts(tmp_path, workers=1, name="w1"))
+    two, m2 = fit_generator(cfg, small, _opts(tmp_path, workers=2, name="w2"))
+    assert one["step"] == two["step"] == 6 and m2["workers"] == 2 and m1["workers"] == 1
+    # one Ray worker runs exactly the in-process code path (at the worker's one thread: sign() steps
+    # amplify the float differences that another thread count's summation order would bring)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = train_generator(cfg, small, small.num_classes, small.in_channels, small.image_side, CPU)
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in local.model.state_dict().items():
+        assert torch.allclose(v.float(), one["model"][k].float(), atol=1e-5), k
+    noise = regenerate_all(_method_from(two, cfg, small), small.subset(range(20)), CPU, 8)
+    assert np.abs(noise).max() == 8 and (np.abs(noise).reshape(20, -1).max(1) > 0).all()
+    # the two-worker generator differs from the one-worker one only by BatchNorm/float effects
+    diffs = [float((one["model"][k].float() - two["model"][k].float()).abs().max())
+             for k in one["model"] if one["model"][k].is_floating_point()]
+    assert max(diffs) < 0.5
+
+
+def test_an_existing_run_is_not_silently_reused(ray_cluster, small, tmp_path):
+    from sem_dist.distributed.train import fit_generator
+
+    cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 2})
+    fit_generator(cfg, small, _opts(tmp_path, workers=1, name="again"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit_generator(cfg, small, _opts(tmp_path, workers=1, name="again"))
+    state, metrics = fit_generator(cfg, small, _opts(tmp_path, workers=1, name="again", resume=True))
+    assert state["step"] == 2 and metrics["resumed_from"] == 2  # already complete: nothing re-run
+
+
+def _train_workers():
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+
+
+def test_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small, tmp_path):
+    from sem_dist.distributed.train import fit_generator
+
+    cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 40, "trainer.checkpoint_every": 4,
+                                               "solver.steps": 4})
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(
+        zip(("state", "metrics"), fit_generator(cfg, small, _opts(tmp_path, workers=2, name="kill", max_failures=2)))))
+    runner.start()
+    run_dir = tmp_path / "runs" / "kill"
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = _train_workers()
+    assert pids, "no Ray Train worker to kill"
+    os.kill(pids[-1], signal.SIGKILL)
+    runner.join(timeout=600)
+    assert not runner.is_alive()
+    assert result["state"]["step"] == 40  # all M steps completed
+    assert 0 < result["metrics"]["resumed_from"] < 40  # the last attempt resumed from a checkpoint, not step 0
