@@ -186,6 +186,7 @@ def protect(req: ProtectRequest) -> Manifest:
         "workers": req.workers, "gpus_per_worker": req.gpus_per_worker, "device": str(device),
         "train_workers": int(train_metrics.get("workers", 1)),
         "train_steps_per_s": train_metrics.get("steps_per_s"),
+        "train_resumed_from_step": train_metrics.get("resumed_from"),
         "fingerprint": fp, "resumed": bool(req.resume and state is OutputState.PARTIAL),
         "timings": {"load_s": t_loaded - t_start, "fit_s": t_fit - t_loaded, "regenerate_s": t_regen - t_fit,
                     "total_s": time.perf_counter() - t_start},

@@ -31,14 +31,25 @@ def sem_protected_digits(digits):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(moto_endpoint):
     """A real local Ray cluster on loopback for the whole session (two cores, four logical CPUs so the
-    Train controller and two workers fit)."""
+    Train controller and two workers fit). Its processes start with the test S3 server's dummy
+    credentials in their environment, as a cluster's nodes have their own: every job's workers, including
+    those of drivers started later by a test, inherit them (the driver never ships credentials)."""
     import ray
 
-    from sem_dist.distributed.cluster import connect
-
-    connect(num_cpus=4)
+    test_env = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": moto_endpoint}
+    saved = {k: os.environ.get(k) for k in test_env}
+    os.environ.update(test_env)
+    try:
+        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
+    finally:  # the raylet has its copy; the rest of the session sees the environment it had
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     yield ray
     ray.shutdown()
 

@@ -100,7 +100,7 @@ def test_same_seed_same_noise_and_another_seed_other_noise():
 def test_sem_protected_digits_are_unlearnable(digits, sem_protected_digits):
     train, test = digits
     protected, cfg = sem_protected_digits
-    assert np.abs(protected.noise).max() <= 8
+    assert np.abs(protected.noise).max() <= round(255 * cfg.budget.rho_u)
     victim = VictimConfig(arch="small_cnn", epochs=12, batch_size=64)
     clean = train_victim(victim, train, test, CPU).test_acc
     prot = train_victim(victim, protected, test, CPU).test_acc

@@ -102,3 +102,57 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small, t
     assert not runner.is_alive()
     assert result["state"]["step"] == 40  # all M steps completed
     assert 0 < result["metrics"]["resumed_from"] < 40  # the last attempt resumed from a checkpoint, not step 0
+
+
+def test_checkpoints_land_in_s3(ray_cluster, small, s3_env):
+    import boto3
+
+    from sem_dist.distributed.train import RayTrainOptions, fit_generator
+
+    endpoint, bucket = s3_env
+    cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 4})
+    state, _ = fit_generator(cfg, small, RayTrainOptions(workers=2, storage=f"s3://{bucket}/runs", name="s3run",
+                                                         log_every_s=0))
+    assert state["step"] == 4
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+        Bucket=bucket, Prefix="runs/s3run/")["Contents"]]
+    assert any(k.endswith("/generator.pt") and "/checkpoint_" in k for k in keys), keys
+
+
+def test_restarted_driver_resumes_with_resume_flag(ray_cluster, tiny_digits, s3_env, tmp_path):
+    """`sem-dist protect --workers 2` on the cluster, its driver killed after a checkpoint; the same command
+    with --resume continues from that checkpoint and completes."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from sem_dist.data import save_dataset
+
+    endpoint, bucket = s3_env
+    data = tmp_path / "data"
+    save_dataset(tiny_digits[0], str(data))
+    out, ckpt = tmp_path / "out", f"s3://{bucket}/ckpt"
+    cmd = [sys.executable, "-m", "sem_dist", "protect", "--data", str(data), "--out", str(out), "--arch", "small_cnn",
+           "--steps", "30", "--ku", "3", "--samples", "2", "--ka", "2", "--batch-size", "16", "--workers", "2",
+           "--checkpoint-every", "5", "--checkpoint-dir", ckpt]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "SEM_DIST_PROGRESS": "0"}
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/generator/").get("Contents", [])
+            if any("checkpoint_manager_snapshot" in o["Key"] for o in listed):  # a checkpoint is committed
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+        first.kill()
+        first.wait()
+    assert not (out / "manifest.json").exists()  # nothing that looks complete
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["protection"]["train_workers"] == 2
+    assert 0 < manifest["protection"]["train_resumed_from_step"] < 30

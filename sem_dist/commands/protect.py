@@ -23,7 +23,8 @@ HELP = "train the noise generator and write a protected copy of a dataset"
 # flag dest -> dotted config key
 OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.rho_r", "steps": "trainer.steps",
              "samples": "solver.samples", "ku": "solver.steps", "ka": "attack.steps", "arch": "trainer.arch",
-             "seed": "seed", "batch_size": "trainer.batch_size"}
+             "seed": "seed", "batch_size": "trainer.batch_size",
+             "checkpoint_every": "trainer.checkpoint_every"}
 
 
 def add_arguments(p) -> None:
@@ -55,6 +56,8 @@ def add_arguments(p) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a dataset sem-dist wrote at --out (never deletes anything else)")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="generator steps between checkpoints (default 500)")
     g.add_argument("--checkpoint-dir", metavar="URI",
                    help="where generator checkpoints go: a local folder, or with --workers > 1 also "
                         "s3://bucket/prefix (Ray Train storage; same folder + --resume continues the run)")
