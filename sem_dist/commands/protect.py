@@ -24,7 +24,8 @@ HELP = "train the noise generator and write a protected copy of a dataset"
 OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.rho_r", "steps": "trainer.steps",
              "samples": "solver.samples", "ku": "solver.steps", "ka": "attack.steps", "arch": "trainer.arch",
              "seed": "seed", "batch_size": "trainer.batch_size",
-             "checkpoint_every": "trainer.checkpoint_every"}
+             "checkpoint_every": "trainer.checkpoint_every", "source_model": "extra.source_model",
+             "block_size": "extra.block_size"}
 
 
 def add_arguments(p) -> None:
@@ -44,6 +45,11 @@ def add_arguments(p) -> None:
     g.add_argument("--arch", metavar="NAME", help="generator model: resnet18 (default), small_cnn, vgg16, ...")
     g.add_argument("--batch-size", type=int, metavar="B", help="generator batch size (default 128)")
     g.add_argument("--seed", type=int, metavar="S", help="run seed (default 0); noise depends on (seed, id)")
+    g.add_argument("--source-model", metavar="FILE",
+                   help="tap: a trained clean model's state dict (.pt loaded with weights_only, or .safetensors) "
+                        "instead of training one")
+    g.add_argument("--block-size", type=int, metavar="N",
+                   help="ntga: training-set block size of the kernel predictor (default 4000; 100 for large images)")
     g.add_argument("--config", metavar="FILE", help="YAML of config keys (overridden by the flags above)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")

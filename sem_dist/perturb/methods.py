@@ -1,53 +1,24 @@
-"""One interface for every noise method (like torchattacks' one class per attack).
-
-A method is built from a resolved :class:`ProtectConfig`; ``fit(data)`` does whatever training the
-method needs (Algorithm 1 for the min-min-max family, nothing for rule-based noise), and
-``perturb(x, y, ids)`` returns δ for a batch with ‖δ‖∞ ≤ ρ_u and x + δ ∈ [0, 1]. ``state_dict`` /
-``load_state_dict`` carry the fitted state to the workers that regenerate noise (Algorithm 4).
+"""Every noise method by name (like torchattacks' one class per attack): the min-min-max family
+and the baselines (TAP, SC, NTGA), behind the interface :class:`NoiseMethod` of ``base`` (re-exported
+here). A method is built from a resolved :class:`ProtectConfig`; ``fit(data)`` does whatever training
+the method needs, and ``perturb(x, y, ids)`` returns δ for a batch with ‖δ‖∞ ≤ ρ_u and x + δ ∈ [0, 1].
+``state_dict`` / ``load_state_dict`` carry the fitted state to the workers that regenerate noise
+(Algorithm 4).
 """
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Callable, ClassVar, Sequence
 
 import torch
 
 from ..config import ProtectConfig
 from ..models import build_model
 from ..rng import SampleStreams
+from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator
 from .noise import NoiseSpec, solve_noise
+from .ntga import NeuralTangentGeneralizationAttack
 from .pgd import frozen
-
-
-class NoiseMethod(ABC):
-    names: ClassVar[tuple[str, ...]]
-
-    def __init__(self, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
-                 device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.num_classes, self.in_channels, self.image_side = num_classes, in_channels, image_side
-
-    @abstractmethod
-    def fit(self, data, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
-            progress: Callable[[dict], None] | None = None) -> None:
-        """Prepare to perturb ``data`` (a BatchSource: ``len`` and ``batch(indices)``)."""
-
-    @abstractmethod
-    def perturb(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
-        """δ for a batch of images in [0,1] on ``self.device``; depends only on each sample and its id."""
-
-    def regen_batch_size(self) -> int:
-        """Batch size for Algorithm 4. Per-sample methods may use any size (results do not depend on
-        it); block methods (NTGA) return their block size."""
-        return self.cfg.regen_batch_size
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+from .sc import SyntheticShortcut
+from .tap import TargetedAdversarialPoisoning
 
 
 class MinMinMax(NoiseMethod):
@@ -82,7 +53,9 @@ class MinMinMax(NoiseMethod):
         self.model.load_state_dict(state["model"])
 
 
-METHODS: dict[str, type[NoiseMethod]] = {name: cls for cls in (MinMinMax,) for name in cls.names}
+METHODS: dict[str, type[NoiseMethod]] = {
+    name: cls for cls in (MinMinMax, TargetedAdversarialPoisoning, SyntheticShortcut, NeuralTangentGeneralizationAttack)
+    for name in cls.names}
 
 
 def get_method(cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
