@@ -6,8 +6,8 @@ import os
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """``ray.init`` once per process. ``address`` (or ``RAY_ADDRESS``) joins an existing cluster;
-    otherwise a local cluster starts on 127.0.0.1 without the dashboard (it costs memory, shows nothing
-    a CLI user reads)."""
+    otherwise a local cluster starts on 127.0.0.1. Its dashboard stays on (loopback only): Ray Train V2's
+    controller watchdog queries actor state through it."""
     import ray
 
     if ray.is_initialized():
@@ -16,4 +16,4 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", log_to_driver=True)
