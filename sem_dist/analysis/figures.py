@@ -1,0 +1,60 @@
+"""Figures: victim learning curves (next to each evaluation record) and Figure 3's scatter of
+protection performance against the robustness terms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and clusters
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(record: dict, path: str | Path) -> None:
+    """Clean test accuracy (solid) and, with early stopping, validation accuracy (dashed) against the
+    training step, one colour per seed; a dotted line marks where early stopping ended a run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, run in enumerate(record["runs"]):
+        colour = f"C{i}"
+        steps = [p["step"] for p in run["curve"]]
+        ax.plot(steps, [p["test_acc"] for p in run["curve"]], color=colour, marker=".",
+                label=f"seed {run['seed']}: test {100 * run['test_acc']:.1f}%")
+        if run["early_stopping"]:
+            ax.plot(steps, [p["val_acc"] for p in run["curve"]], color=colour, linestyle="--", label="validation")
+            ax.axvline(run["early_stopping"]["best_step"], color=colour, linestyle=":")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    method = (record.get("protection") or {}).get("method", "unprotected")
+    victim = record["victim"]
+    ax.set_title(f"{victim['arch']} on {method} data (ρ_a = {255 * victim['adv_rho']:.0f}/255, "
+                 f"filter {victim['filter']})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_robustness(analysis: dict, path: str | Path) -> None:
+    """Figure 3: protection performance F against R_θ and against R_δu, one point per snapshot."""
+    plt = _pyplot()
+    rows = analysis["snapshots"]
+    f = [r["F"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    for ax, key, label in zip(axes, ("R_theta", "R_delta_u"), ("$\\mathcal{R}_\\theta$", "$\\mathcal{R}_{\\delta^u}$")):
+        ax.scatter([r[key] for r in rows], f)
+        for r in rows:
+            ax.annotate(str(r["step"]), (r[key], r["F"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        pearson = analysis["correlations"][key]["pearson"]["r"]
+        ax.set_title(f"r = {pearson:.3f}" if pearson is not None else "r undefined", fontsize=9)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("protection performance F = 1 − Acc")
+    fig.suptitle(f"{analysis['method']}: snapshots of Algorithm 1 (labels: step)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

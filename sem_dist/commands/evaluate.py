@@ -1,0 +1,146 @@
+"""Train victim models on a (protected) dataset and report their accuracy on clean test images.
+
+The victim trains from scratch with SGD (lr 0.1, momentum 0.9, weight decay 5e-4, ×0.1 at 40% and
+80% of the steps) and the dataset's augmentation (crop + flip for 32×32, RandomResizedCrop + flip for
+large images). Low test accuracy means the protection works. Options mirror the paper's stress tests:
+adversarial training (--adv-rho), low-pass filters (--filter), early stopping with a partly clean
+validation set (--patience, --val-clean-ratio), partial poisoning (--poison-ratio, --mode).
+
+Units: radii are ℓ∞ in [0,1] pixel units and accept fractions (--adv-rho 4/255 = 4 grey levels);
+ratios are fractions in [0,1]; --patience and --steps count SGD steps (minibatches).
+
+Output: one line per seed and a mean ± std summary; a JSON record (--record, RobustBench style) and a
+learning-curve PNG next to it. With --json the last stdout line is a JSON object with test_acc,
+test_acc_std, seeds and the record's path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._storage_args import URI_HELP, add_storage_arguments, storage_options
+
+NAME = "evaluate"
+HELP = "train victims on (protected) data and report clean test accuracy"
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def fraction_arg(text: str) -> float:
+    from ..config import parse_fraction
+
+    try:
+        return parse_fraction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(p) -> None:
+    p.epilog = URI_HELP
+    p.add_argument("--train", required=True, metavar="URI", help="training set (canonical dataset URI, local or s3://)")
+    p.add_argument("--test", required=True, metavar="URI", help="clean test set (canonical dataset URI)")
+    p.add_argument("--arch", default="resnet18",
+                   help="victim architecture: resnet18, resnet50, vgg16, densenet121, wrn34_10, small_cnn, "
+                        "tv_<torchvision name> (default: %(default)s)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="training length in passes over the data (default: 40)")
+    length.add_argument("--steps", type=int, help="training length in SGD steps (the paper: 40000)")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate (default: %(default)s)")
+    p.add_argument("--adv-rho", type=fraction_arg, default=0.0, metavar="R",
+                   help="Madry adversarial training radius ρ_a, ℓ∞ in [0,1] pixel units, e.g. 4/255; "
+                        "0 = standard training (default)")
+    p.add_argument("--adv-steps", type=int, default=10, help="PGD steps of adversarial training (default: %(default)s)")
+    p.add_argument("--adv-alpha-div", type=float, default=5.0,
+                   help="PGD step size is ρ_a / this (default: %(default)s, Table 9)")
+    p.add_argument("--filter", choices=("none", "mean", "median", "gaussian"), default="none",
+                   help="3×3 low-pass filter on every training image before augmentation (default: %(default)s)")
+    p.add_argument("--poison-ratio", type=fraction_arg, default=1.0, metavar="P",
+                   help="fraction in [0,1] of the training set that keeps its noise, a seeded subset; the rest "
+                        "uses the clean originals (needs a dataset written by `sem-dist protect`; default: 1)")
+    p.add_argument("--mode", choices=("mixed", "clean-only"), default="mixed",
+                   help="partial poisoning: train on protected + clean rest (mixed) or on the clean rest alone "
+                        "(default: %(default)s)")
+    p.add_argument("--patience", type=int, default=None, metavar="STEPS",
+                   help="early stopping: stop when validation accuracy has not improved for this many SGD steps "
+                        "and keep the best weights (default: off)")
+    p.add_argument("--val-fraction", type=fraction_arg, default=0.1,
+                   help="early stopping: fraction of the training set held out for validation (default: 0.1)")
+    p.add_argument("--val-clean-ratio", type=fraction_arg, default=0.0,
+                   help="early stopping: fraction in [0,1] of the validation set replaced by clean originals "
+                        "(default: 0)")
+    p.add_argument("--clean", metavar="URI",
+                   help="the clean originals of --train (same ids), for --poison-ratio and --val-clean-ratio when "
+                        "--train was protected without --keep-noise")
+    p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
+                   help="one victim per seed, reported as mean ± std (the paper: 0,6178,42; default: 0)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                   help="steps between learning-curve points (default: about 10 points per run)")
+    p.add_argument("--record", default="evaluation.json", metavar="PATH",
+                   help="where to write the JSON record; the learning curve goes next to it as .png "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    add_storage_arguments(p)
+
+
+def run(args) -> int:
+    from ..analysis.figures import plot_learning_curves
+    from ..data import load_dataset
+    from ..device import resolve_device
+    from ..progress import bar
+    from ..victims.evaluate import evaluate_victims
+    from ..victims.poisoning import attach_clean_originals
+    from ..victims.train import VictimConfig
+
+    cfg = VictimConfig(arch=args.arch, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       adv_rho=args.adv_rho, adv_steps=args.adv_steps, adv_alpha_div=args.adv_alpha_div,
+                       eval_every=args.eval_every, amp=args.amp, filter=args.filter, poison_ratio=args.poison_ratio,
+                       poison_mode=args.mode, patience=args.patience, val_fraction=args.val_fraction,
+                       val_clean_ratio=args.val_clean_ratio).validate()
+    device = resolve_device(args.device)
+    storage = storage_options(args)
+    train, test = load_dataset(args.train, storage=storage), load_dataset(args.test, storage=storage)
+    if args.clean:
+        train = attach_clean_originals(train, load_dataset(args.clean, storage=storage))
+    if train.classes != test.classes:
+        raise ValueError(f"--train and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
+    planned = cfg.total_steps(len(train))  # an upper bound: poisoning and hold-out shrink the set
+    with bar(planned * len(args.seeds), f"victims ({cfg.arch})", unit="step") as pb:
+        def progress(i: int, stats: dict) -> None:
+            pb.n = i * planned + stats["step"]
+            pb.set_postfix(seed=args.seeds[i], loss=f"{stats['loss']:.3f}", refresh=False)
+            pb.refresh()
+        record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train, test_uri=args.test,
+                                  progress=progress)
+    path = Path(args.record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    plot_learning_curves(record, path.with_suffix(".png"))
+    for run_ in record["runs"]:
+        notes = []
+        if run_["early_stopping"]:
+            es = run_["early_stopping"]
+            notes.append(f"early stopping: best step {es['best_step']}, stopped at {es['stopped_at'] or 'end'}")
+        if run_["poisoning"]:
+            notes.append(f"{run_['poisoning']['poisoned']} poisoned, trained on {run_['poisoning']['train_size']}")
+        print(f"seed {run_['seed']}: test accuracy {100 * run_['test_acc']:.2f}% after {run_['steps']} steps"
+              + (f" ({'; '.join(notes)})" if notes else ""))
+    method = (record["protection"] or {}).get("method", "unprotected")
+    print(f"{cfg.arch} on {method} data: {100 * record['test_acc']:.2f} ± {100 * record['test_acc_std']:.2f}% "
+          f"clean test accuracy over {len(args.seeds)} seed(s); record: {path}, curve: {path.with_suffix('.png')}")
+    if args.json:
+        print(json.dumps({"test_acc": record["test_acc"], "test_acc_std": record["test_acc_std"],
+                          "seeds": record["seeds"], "per_seed": [r["test_acc"] for r in record["runs"]],
+                          "record": str(path)}))
+    return 0
