@@ -35,7 +35,7 @@ def test_protect_round_trip_and_manifest(tmp_path, cli, small_data):
     train, data = small_data
     before = snapshot(data)
     code, out, err = cli("protect", "--data", data, "--out", tmp_path / "prot", *TINY, "--seed", "3",
-                         "--rho-u", "8/255", "--workers", "2", "--gpus-per-worker", "0.5", "--keep-noise")
+                         "--rho-u", "8/255", "--keep-noise")
     assert code == 0, err
     assert "protected 40 images with sem" in out and snapshot(data) == before
     got = load_dataset(str(tmp_path / "prot"))
@@ -48,7 +48,7 @@ def test_protect_round_trip_and_manifest(tmp_path, cli, small_data):
     assert p["method"] == "sem" and p["seed"] == 3 and p["config"]["seed"] == 3
     assert p["config"]["trainer"]["steps"] == 2 and p["config"]["budget"]["rho_u"] == pytest.approx(8 / 255)
     assert p["config"]["budget"]["rho_a"] == pytest.approx(2 / 255) and p["config"]["trainer"]["arch"] == "small_cnn"
-    assert p["workers"] == 2 and p["gpus_per_worker"] == 0.5
+    assert p["workers"] == 1 and p["train_workers"] == 1 and p["gpus_per_worker"] == 0
     assert p["noise"]["linf_levels"] == np.abs(got.noise.astype(int)).max()
     assert p["noise"]["mean_abs_levels"] == pytest.approx(np.abs(got.noise.astype(int)).mean())
     assert set(p["timings"]) >= {"fit_s", "regenerate_s", "total_s"}

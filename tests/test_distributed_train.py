@@ -158,3 +158,13 @@ def test_restarted_driver_resumes_with_resume_flag(ray_cluster, tiny_digits, s3_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["protection"]["train_workers"] == 2
     assert 0 < manifest["protection"]["train_resumed_from_step"] < 30
+
+
+def test_gpu_workers_on_a_gpu_less_machine_fail_at_once(ray_cluster, cli, tiny_digits, tmp_path):
+    from sem_dist.data import save_dataset
+
+    save_dataset(tiny_digits[0], str(tmp_path / "data"))
+    code, _, err = cli("protect", "--data", tmp_path / "data", "--out", tmp_path / "out", "--arch", "small_cnn",
+                       "--steps", "2", "--workers", "2", "--gpus-per-worker", "1")
+    assert code == 1 and "needs 2 GPUs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "manifest.json").exists()

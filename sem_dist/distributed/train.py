@@ -14,6 +14,7 @@ instead of each loading its own copy.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -96,7 +97,13 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
 
     if opts.workers < 1:
         raise ValueError(f"--workers must be >= 1 for Ray Train, got {opts.workers}")
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
     connect(address)
+    if embedded and opts.gpus_per_worker > 0:  # an embedded cluster never grows: fail now, not hang waiting
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < opts.workers * opts.gpus_per_worker:
+            raise ValueError(f"--workers {opts.workers} × --gpus-per-worker {opts.gpus_per_worker:g} needs "
+                             f"{opts.workers * opts.gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
     storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint)
     if not opts.resume and run_exists(storage_path, filesystem, opts.name):
         raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
