@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from sem_dist.analysis.robustness import noise_robustness
-from sem_dist.commands.demo import DEMO_OVERRIDES
 from sem_dist.config import resolve_config
 from sem_dist.pipeline import protect_arrays
 from sem_dist.victims.train import VictimConfig, train_victim
@@ -24,7 +23,6 @@ CPU = torch.device("cpu")
 VICTIM = VictimConfig(arch="small_cnn", steps=120, batch_size=64)  # ≈ 5 epochs of digits, crop + flip
 EM = {"trainer.arch": "small_cnn", "trainer.steps": 40, "trainer.batch_size": 64, "trainer.lr_step": 10 ** 9,
       "solver.steps": 5, "budget.rho_u": "16/255"}
-SEM = dict(DEMO_OVERRIDES, **{"budget.rho_u": "16/255"})
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +32,8 @@ def em(digits):
 
 
 @pytest.fixture(scope="module")
-def sem(digits):
-    return protect_arrays(resolve_config("sem", 32, overrides=SEM), digits[0], CPU)[0]
+def sem(sem_protected_digits):  # the demo's SEM protection, computed once per session (conftest.py)
+    return sem_protected_digits[0]
 
 
 @pytest.fixture(scope="module")
