@@ -78,10 +78,14 @@ def test_an_existing_run_is_not_silently_reused(ray_cluster, small, tmp_path):
 
 def _train_workers():
     """PIDs of the Ray Train worker processes, found as an operator would: by their process title."""
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return pids
 
 
 def test_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small, tmp_path):
