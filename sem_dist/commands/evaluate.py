@@ -4,7 +4,9 @@ The victim trains from scratch with SGD (lr 0.1, momentum 0.9, weight decay 5e-4
 80% of the steps) and the dataset's augmentation (crop + flip for 32×32, RandomResizedCrop + flip for
 large images). Low test accuracy means the protection works. Options mirror the paper's stress tests:
 adversarial training (--adv-rho), low-pass filters (--filter), early stopping with a partly clean
-validation set (--patience, --val-clean-ratio), partial poisoning (--poison-ratio, --mode).
+validation set (--patience, --val-clean-ratio), partial poisoning (--poison-ratio, --mode), and defences
+from the literature (--defense: JPEG, grayscale, bit-depth reduction, ISS, noise + blur, UEraser-style
+augmentation), all composable.
 
 Units: radii are ℓ∞ in [0,1] pixel units and accept fractions (--adv-rho 4/255 = 4 grey levels);
 ratios are fractions in [0,1]; --patience and --steps count SGD steps (minibatches).
@@ -64,6 +66,14 @@ def add_arguments(p) -> None:
                    help="PGD step size is ρ_a / this (default: %(default)s, Table 9)")
     p.add_argument("--filter", choices=("none", "mean", "median", "gaussian"), default="none",
                    help="3×3 low-pass filter on every training image before augmentation (default: %(default)s)")
+    p.add_argument("--defense", action="append", default=[], metavar="NAME[:ARG]",
+                   help="a defence, repeatable or comma-separated, applied in order. Once on the training images: "
+                        "jpeg:Q (Pillow JPEG re-compression at quality Q in 1-100, default 10), grayscale, "
+                        "bdr:BITS (bit-depth reduction to 2^BITS grey levels, default 2), iss (grayscale then "
+                        "jpeg:10), noise-blur:SIGMA (Gaussian noise of std SIGMA in [0,1] pixel units, e.g. 8/255 "
+                        "(default), truncated at 3 SIGMA, then a 3x3 Gaussian blur). On every minibatch: "
+                        "ueraser:K (UEraser-style heavy random augmentation; K > 1 keeps the highest-loss of K "
+                        "draws per image, default 1). The test set is never changed.")
     p.add_argument("--poison-ratio", type=fraction_arg, default=1.0, metavar="P",
                    help="fraction in [0,1] of the training set that keeps its noise, a seeded subset; the rest "
                         "uses the clean originals (needs a dataset written by `sem-dist protect`; default: 1)")
@@ -99,6 +109,7 @@ def run(args) -> int:
     from ..data import load_dataset
     from ..device import resolve_device
     from ..progress import bar
+    from ..victims.defenses import parse_defenses
     from ..victims.evaluate import evaluate_victims
     from ..victims.poisoning import attach_clean_originals
     from ..victims.train import VictimConfig
@@ -107,7 +118,7 @@ def run(args) -> int:
                        adv_rho=args.adv_rho, adv_steps=args.adv_steps, adv_alpha_div=args.adv_alpha_div,
                        eval_every=args.eval_every, amp=args.amp, filter=args.filter, poison_ratio=args.poison_ratio,
                        poison_mode=args.mode, patience=args.patience, val_fraction=args.val_fraction,
-                       val_clean_ratio=args.val_clean_ratio).validate()
+                       val_clean_ratio=args.val_clean_ratio, defenses=[str(d) for d in parse_defenses(args.defense)]).validate()
     device = resolve_device(args.device)
     storage = storage_options(args)
     train, test = load_dataset(args.train, storage=storage), load_dataset(args.test, storage=storage)
@@ -137,7 +148,8 @@ def run(args) -> int:
         print(f"seed {run_['seed']}: test accuracy {100 * run_['test_acc']:.2f}% after {run_['steps']} steps"
               + (f" ({'; '.join(notes)})" if notes else ""))
     method = (record["protection"] or {}).get("method", "unprotected")
-    print(f"{cfg.arch} on {method} data: {100 * record['test_acc']:.2f} ± {100 * record['test_acc_std']:.2f}% "
+    defended = f" with defense {', '.join(cfg.defenses)}" if cfg.defenses else ""
+    print(f"{cfg.arch} on {method} data{defended}: {100 * record['test_acc']:.2f} ± {100 * record['test_acc_std']:.2f}% "
           f"clean test accuracy over {len(args.seeds)} seed(s); record: {path}, curve: {path.with_suffix('.png')}")
     if args.json:
         print(json.dumps({"test_acc": record["test_acc"], "test_acc_std": record["test_acc_std"],

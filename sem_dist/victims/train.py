@@ -7,7 +7,11 @@ for large images), and optional Madry adversarial training with radius ``adv_rho
 What the victim may do against the protection, in the order it happens:
 1. partial poisoning (Table 11): only ``poison_ratio`` of the set keeps its noise (``poisoning.py``);
 2. early stopping (Table 5): hold out a validation set, part of it clean (``early_stopping.py``);
-3. a low-pass filter on every training image, before augmentation (Table 4, ``filters.py``).
+3. pre-processing defences, once on the training (and validation) images (``defenses.py``: JPEG,
+   grayscale, bit-depth reduction, ISS, noise + blur);
+4. a low-pass filter on every training image, before augmentation (Table 4, ``filters.py``);
+5. the standard augmentation, then a training-time augmentation defence (UEraser-style, ``defenses.py``),
+   then adversarial training's PGD.
 The test set is never filtered: the score is accuracy on clean test images, as in the paper.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..perturb.generator import StepSampler, step_seed
 from ..perturb.pgd import frozen, pgd
 from ..perturb.transforms import get_transform
 from ..rng import BatchStream, make_generator
+from .defenses import augmentation, parse_defenses, preprocess, ueraser_max
 from .early_stopping import EarlyStopping, holdout_validation
 from .filters import FILTERS, low_pass
 from .poisoning import POISON_MODES, partial_poisoning
@@ -55,6 +60,7 @@ class VictimConfig:
     patience: int | None = None  # early-stopping patience in steps; None = no early stopping
     val_fraction: float = 0.1  # with early stopping: held-out share of the training set (the paper's 10%)
     val_clean_ratio: float = 0.0  # with early stopping: share of the validation set that is clean
+    defenses: list[str] = field(default_factory=list)  # NAME[:ARG] specs, see defenses.py (e.g. "jpeg:10")
 
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
@@ -81,6 +87,7 @@ class VictimConfig:
             raise ValueError(f"steps={self.steps} must be >= 1")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs={self.epochs} must be > 0")
+        parse_defenses(self.defenses)
         return self
 
 
@@ -124,9 +131,13 @@ def victim_data(cfg: VictimConfig, train: ArrayDataset) -> tuple[ArrayDataset, A
     poisoning = None
     if cfg.poison_ratio < 1.0 or cfg.poison_mode != "mixed":
         train, poisoning = partial_poisoning(train, cfg.poison_ratio, cfg.poison_mode, cfg.seed)
-    if cfg.patience is None:
-        return train, None, poisoning, None
-    train, val, holdout = holdout_validation(train, cfg.val_fraction, cfg.val_clean_ratio, cfg.seed)
+    val = holdout = None
+    if cfg.patience is not None:
+        train, val, holdout = holdout_validation(train, cfg.val_fraction, cfg.val_clean_ratio, cfg.seed)
+    defenses = parse_defenses(cfg.defenses)
+    if any(d.kind == "pre" for d in defenses):  # the defender processes every image it holds, not the test set
+        train, val = (None if part is None else part.with_images(preprocess(part.images, defenses, cfg.seed), None)
+                      for part in (train, val))
     return train, val, poisoning, holdout
 
 
@@ -142,6 +153,7 @@ def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset | No
         raise ValueError("the training set is empty")
     t0 = time.perf_counter()
     train, val, poisoning, holdout = victim_data(cfg, train)
+    augment = augmentation(parse_defenses(cfg.defenses))
     model = prepare_model(build_model(cfg.arch, train.num_classes, train.in_channels, seed=cfg.seed), device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     transform = get_transform(cfg.transform, train.image_side)
@@ -164,6 +176,9 @@ def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset | No
         x, y = low_pass(x.to(device), cfg.filter), y.to(device)
         stream = BatchStream(make_generator(step_seed(cfg.seed, step, purpose="victim"), device), x.shape[0])
         x = transform.sample(x, stream)
+        if augment is not None:  # its own stream: without it, every other draw stays as it was
+            defense_stream = BatchStream(make_generator(step_seed(cfg.seed, step, purpose="defense"), device), len(x))
+            x = ueraser_max(model, x, y, defense_stream, int(augment.arg))
         if cfg.adv_rho > 0:
             with frozen(model):
                 x = x + pgd(model, x, y, cfg.adv_rho, cfg.adv_rho / cfg.adv_alpha_div, cfg.adv_steps, stream=stream)
