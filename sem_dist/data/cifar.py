@@ -50,21 +50,27 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _latin1_bytes
         if (module, name) not in _ARRAY_GLOBALS:
             raise RestrictedPickleError(f"refused to load {module}.{name} (only dicts, lists, bytes, str and "
-                                        "numpy arrays are allowed in a CIFAR batch)")
+                                        "numpy arrays are allowed; nothing was executed)")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
             module = "numpy._core." + module.split(".", 2)[2]  # numpy 2 moved numpy.core to numpy._core
         return getattr(importlib.import_module(module), name)
 
 
-def restricted_load(data: bytes, where: str) -> Any:
-    """Unpickle ``data`` admitting only plain containers and numpy arrays. Python 2 pickles (the official
-    CIFAR files) load with ``encoding="bytes"`` so their str become bytes; keys are decoded afterwards."""
+def restricted_unpickle(data: bytes, where: str, what: str = "CIFAR batch") -> Any:
+    """Unpickle ``data`` admitting only plain containers and numpy arrays (``what`` names the expected
+    content in errors). Python 2 pickles (the official CIFAR files) load with ``encoding="bytes"`` so their
+    str become bytes."""
     try:
-        obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except RestrictedPickleError as exc:
         raise RestrictedPickleError(f"{where}: {exc}") from None
     except Exception as exc:  # truncated or garbage bytes raise anything from EOFError to ValueError
-        raise DataError(f"{where}: not a readable CIFAR batch ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise DataError(f"{where}: not a readable {what} ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def restricted_load(data: bytes, where: str) -> Any:
+    """A CIFAR batch dict via :func:`restricted_unpickle`; its bytes keys are decoded."""
+    obj = restricted_unpickle(data, where)
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a dict, found {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
