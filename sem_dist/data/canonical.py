@@ -192,8 +192,13 @@ def read_manifest(folder: Location) -> Manifest:
         raise DataError(f"{folder.display}: holds splits {', '.join(splits)}; name one "
                         f"(e.g. {folder.display}/{splits[0]})")
     if any(is_shard_name(n) for n in names) or STAGING in names:
-        raise DataError(f"{folder.display}: has shards but no {MANIFEST}: an incomplete (interrupted) write")
-    raise DataError(f"{folder.display}: not a canonical dataset (no {MANIFEST})")
+        raise DataError(f"{folder.display}: has shards but no {MANIFEST}: an incomplete (interrupted) write "
+                        f"(for Parquet that sem-dist did not write, read it as parquet:{folder.display})")
+    if any(n.endswith(".parquet") for n in names):
+        raise DataError(f"{folder.display}: Parquet files but no {MANIFEST}, so not a canonical dataset; "
+                        f"read them as parquet:{folder.display}")
+    raise DataError(f"{folder.display}: not a canonical dataset (no {MANIFEST}); other layouts are read as "
+                    "parquet:URI, webdataset:URI or imagefolder:URI")
 
 
 def iter_dataset(folder: Location, manifest: Manifest, policy: BadRecordPolicy,

@@ -36,7 +36,10 @@ def shards_of(sp: Split, policy: BadRecordPolicy, shard_rows: int | None) -> Ite
 
 def source_record(sp: Split, options: dict[str, str]) -> dict:
     """What the manifest says about the input: redacted URI, split, options (no credentials)."""
-    return {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
+    record = {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
+    if sp.resize:
+        record["resize"] = sp.resize
+    return record
 
 
 def new_manifest(sp: Split, shards: list[ShardInfo], shape: tuple[int, int, int], source: dict,
