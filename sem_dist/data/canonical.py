@@ -221,12 +221,14 @@ class DatasetWriter:
     def write_shard(self, index: int, chunk: Chunk, noise: np.ndarray | None = None) -> ShardInfo:
         return write_shard(self.staging, shard_name(index), chunk.ids, chunk.images, chunk.labels, noise)
 
-    def commit(self, manifest: Manifest) -> None:
+    def commit(self, manifest: Manifest, staged: dict[str, str] | None = None) -> None:
+        """``staged`` maps a shard's name to its file in the staging area when they differ (shards written
+        in parallel under unique names get their ``part-NNNNN`` names here)."""
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.out.remove(MANIFEST)
         keep = {s.name for s in manifest.shards}
         for info in manifest.shards:
-            self.out.move(f"{STAGING}/{info.name}", info.name)
+            self.out.move(f"{STAGING}/{(staged or {}).get(info.name, info.name)}", info.name)
         for name in self.out.names():
             if is_shard_name(name) and name not in keep:
                 self.out.remove(name)
