@@ -44,10 +44,7 @@ class ParquetReader(UnitReader):
 
     def _records(self, pf: pq.ParquetFile, unit: str) -> Iterator[RawRecord]:
         image, label, rid = self.columns["image"], self.columns["label"], self.columns["id"]
-        missing = [c for c in (image, label, rid) if c and c not in pf.schema_arrow.names]
-        if missing:
-            raise DataError(f"{self.location.child(unit).display}: no column(s) {', '.join(missing)} "
-                            f"(has {', '.join(pf.schema_arrow.names)}; name others with ?image=, ?label=, ?id=)")
+        check_columns(pf.schema_arrow, self.columns, self.location.child(unit).display)
         row = 0
         for batch in pf.iter_batches(batch_size=DECODE_ROWS, columns=[c for c in (rid, image, label) if c]):
             for rec in batch.to_pylist():
@@ -63,6 +60,13 @@ class ParquetReader(UnitReader):
                     error = "id missing"
                 yield RawRecord(record_id, lab if isinstance(lab, int) else -1, data or b"",
                                 where=unit if rid else "", error=error)
+
+
+def check_columns(schema: pa.Schema, columns: dict[str, str | None], where: str) -> None:
+    missing = [c for c in columns.values() if c and c not in schema.names]
+    if missing:
+        raise DataError(f"{where}: no column(s) {', '.join(missing)} (has {', '.join(schema.names)}; "
+                        "name others with ?image=, ?label=, ?id=)")
 
 
 def hf_class_names(schema: pa.Schema, label: str) -> list[str] | None:
@@ -87,6 +91,7 @@ class HFParquetSource(ShardFilesSource):
             first = pf.schema_arrow
         columns = {"image": self.options.get("image", "image"), "label": self.options.get("label", "label"),
                    "id": self.options.get("id", "id" if "id" in first.names else None)}
+        check_columns(first, columns, self.location.child(files[0]).display)
         found = hf_class_names(first, columns["label"])
         if found is None and "names" not in self.options and "classes" not in self.options:
             found = [str(i) for i in range(self._max_label(files, columns["label"]) + 1)]
