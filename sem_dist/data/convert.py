@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..progress import bar
-from .arrays import ArrayDataset
 from .canonical import DatasetWriter, Manifest, ShardInfo
 from .output import check_not_nested, prepare_output
 from .records import BadRecordPolicy, Chunk, rebatch
 from .source import Split
 from .sources import open_source, parse_spec
 from .storage import Location, StorageOptions, open_location
+
+if TYPE_CHECKING:  # torch stays out of processes that only convert (e.g. Ray tasks)
+    from .arrays import ArrayDataset
 
 SHARD_TARGET_BYTES = 64 << 20  # raw pixels per shard: ~20k CIFAR images, ~450 at 224×224×3
 MAX_SHARD_ROWS = 20000

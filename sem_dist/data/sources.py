@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import parse_qsl
 
 import numpy as np
 
-from .arrays import ArrayDataset
 from .canonical import MANIFEST, READ_BATCH_ROWS, iter_dataset, read_manifest
 from .cifar import CifarSource
 from .hfparquet import HFParquetSource
@@ -25,6 +24,9 @@ from .records import BadRecordPolicy, Chunk, concat, rebatch
 from .source import Source, Split, chunked
 from .storage import DataError, StorageOptions, open_location, redact_uri, split_options
 from .webdataset import WebDatasetSource
+
+if TYPE_CHECKING:  # torch stays out of processes that only read (e.g. Ray tasks)
+    from .arrays import ArrayDataset
 
 DIR_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "parquet", "webdataset")
 
@@ -154,6 +156,8 @@ def load_dataset(uri: str, split: str | None = None, *, storage: StorageOptions 
                  on_bad_record: str = "fail") -> ArrayDataset:
     """A whole split in memory. Protected canonical datasets fill ``noise`` (when stored) and every
     canonical dataset puts its manifest dict in ``meta["manifest"]``."""
+    from .arrays import ArrayDataset
+
     sp = open_split(uri, split, storage)
     policy = BadRecordPolicy(on_bad_record)
     data = collect(sp.records(policy))
