@@ -3,7 +3,9 @@ moto_server bucket, run S3 → S3 through a Ray pipeline at a working size of 64
 
 Each run is a fresh driver process (its own embedded Ray), so its peak RSS is the driver's alone; the N
 run reads 2 of the 8 classes (``?classes=2``), the 4·N run all 8. ``driver_rss_growth_4x`` = driver peak
-RSS at 4·N over that at N: ≈ 1 when the driver holds metadata only.
+RSS at 4·N over that at N: ≈ 1 when the driver holds metadata only. ``local_img_s_n`` is the in-process
+``convert`` of the N images (same decode, one process), and ``load_average_1m`` says how busy the machine
+was: timings on a shared machine are only comparable within one run.
 
 HOOK (lead, at merge): the pipeline measured is :func:`convert_pipeline` (Ray read + decode + resize +
 canonical write). To measure ``protect --workers 2`` end to end instead, pass another module-level
@@ -35,6 +37,13 @@ def convert_pipeline(source: str, dest: str) -> int:
     from ..distributed.convert import convert_ray
 
     return sum(m.count for m in convert_ray(source, dest).values())
+
+
+def inprocess_pipeline(source: str, dest: str) -> int:
+    """``sem-dist convert SOURCE DEST`` (no Ray): the same decode in one process, for comparison."""
+    from ..data.convert import convert
+
+    return sum(m.count for m in convert(source, dest).values())
 
 
 def _name(fn: Callable) -> str:
@@ -86,7 +95,8 @@ def _child(pipeline: str, source: str, dest: str) -> None:
 
     module, _, fn = pipeline.partition(":")
     run_pipeline = getattr(importlib.import_module(module), fn)
-    connect(num_cpus=os.cpu_count() or 2)
+    if "inprocess" not in fn:
+        connect(num_cpus=os.cpu_count() or 2)
     t0 = time.perf_counter()
     images = run_pipeline(source, dest)
     seconds = time.perf_counter() - t0
@@ -124,9 +134,9 @@ def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str]
             print(f"built {CLASSES * per_class} JPEGs ({sum(class_bytes) / 2**20:.0f} MiB) in "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
         results = {}
-        for label, classes in (("n", 2), ("4n", CLASSES)):
+        for label, classes, fn in (("n", 2, pipeline), ("4n", CLASSES, pipeline), ("local-n", 2, inprocess_pipeline)):
             source = f"imagefolder:s3://{bucket}/tree?classes={classes}&size={WORKING_SIZE}"
-            results[label] = r = _measure(_name(pipeline), source, f"s3://{bucket}/out-{label}", env, verbose)
+            results[label] = r = _measure(_name(fn), source, f"s3://{bucket}/out-{label}", env, verbose)
             if verbose:
                 print(f"{label}: {r['images']} images in {r['seconds']:.1f}s, driver peak RSS "
                       f"{r['driver_peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
@@ -140,6 +150,8 @@ def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str]
             "images_n": small["images"], "dataset_bytes_n": sum(class_bytes[:2]),
             "img_s_n": small["images"] / small["seconds"], "driver_peak_rss_bytes_n": small["driver_peak_rss_bytes"],
             "driver_rss_growth_4x": big["driver_peak_rss_bytes"] / small["driver_peak_rss_bytes"],
+            "local_img_s_n": results["local-n"]["images"] / results["local-n"]["seconds"],
+            "load_average_1m": os.getloadavg()[0],
             "cpu_count": os.cpu_count()}
 
 

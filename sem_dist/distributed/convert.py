@@ -73,7 +73,10 @@ def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, sh
         return {"staged": [staged], "rows": [shard.rows], "sha256": [shard.sha256], "bytes": [shard.bytes],
                 "bad": [bad], "hashes": [id_hashes(ids).tobytes()]}
 
-    results = ds.map_batches(write, batch_size=shard_rows or default_shard_rows(*shape), batch_format="numpy")
+    rows = shard_rows or default_shard_rows(*shape)
+    # a shard's pixels plus its encoding; declaring it also keeps Ray from fusing this stage into the
+    # decode tasks, which would then decode a whole shard's images in one task instead of in parallel
+    results = ds.map_batches(write, batch_size=rows, batch_format="numpy", memory=2 * rows * int(np.prod(shape)))
     results.context.execution_options.preserve_order = True  # shard order (and names) fixed by the input
     shards, staged, hashes = [], {}, []
     try:
