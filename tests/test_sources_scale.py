@@ -70,7 +70,8 @@ def test_corrupt_jpeg_in_the_middle_on_ray(ray_cluster, tmp_path, cli):
     code, _, err = cli("convert", f"imagefolder:{root}?size=32", tmp_path / "out", "--ray", "--shard-rows", "3")
     line = error_line(err)
     assert code == 1 and "'bee/01.jpg'" in line and "undecodable" in line
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+    out = tmp_path / "out"  # nothing half-written: no manifest, no shard outside the (removed) staging area
+    assert not (out / "manifest.json").exists() and not list(out.glob("part-*"))
 
     code, out, err = cli("convert", f"imagefolder:{root}?size=32", tmp_path / "out", "--ray", "--on-bad-record",
                          "skip")

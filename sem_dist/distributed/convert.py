@@ -79,8 +79,9 @@ def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, sh
     results = ds.map_batches(write, batch_size=rows, batch_format="numpy", memory=2 * rows * int(np.prod(shape)))
     results.context.execution_options.preserve_order = True  # shard order (and names) fixed by the input
     shards, staged, hashes = [], {}, []
+    rows_out = iter(results.iter_rows())
     try:
-        for r in results.iter_rows():
+        for r in rows_out:
             for rid, reason in json.loads(r["bad"]):
                 policy.reject(rid, info.source["uri"], reason)
             if r["rows"]:
@@ -95,6 +96,7 @@ def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, sh
         _refuse_repeated_ids(writer, manifest, staged, hashes)
         writer.commit(manifest, staged)
     except BaseException:
+        getattr(rows_out, "close", lambda: None)()  # stops the pipeline (cancels its tasks) before cleaning up
         writer.abandon()
         raise
     return manifest
