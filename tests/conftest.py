@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from sem_dist.testing.s3 import S3_KEY, S3_SECRET, start_moto_server  # re-exported for the tests
+
 os.environ.setdefault("SEM_DIST_PROGRESS", "0")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -55,38 +57,6 @@ def ray_cluster(moto_endpoint):
 
 
 # ---- S3: a real S3-protocol server (moto_server) on a free loopback port, dummy credentials ----------
-
-S3_KEY, S3_SECRET = "testing", "testing-env-secret"
-
-
-def start_moto_server():
-    """(process, endpoint URL) of a fresh moto_server on 127.0.0.1; the caller stops the process."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = Path(sys.executable).with_name("moto_server")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
-
 
 @pytest.fixture(scope="session")
 def moto_endpoint():

@@ -3,8 +3,10 @@
 
 SOURCE: ``digits`` (bundled with scikit-learn), ``mnist:DIR``, ``fashion-mnist:DIR`` (IDX files, gzipped or
 not), ``cifar10:DIR``, ``cifar100:DIR`` (python batches), ``imagefolder:DIR[?classes=N&size=S&mode=RGB|L]``
-(class-per-folder JPEG/PNG), or a canonical dataset URI. Sources with splits write DEST/train and DEST/test;
-add ``?split=NAME`` to convert one split straight into DEST. Images keep their pixels exactly (PNG).
+(class-per-folder JPEG/PNG/WebP), ``parquet:URI`` (Hugging Face-style Parquet), ``webdataset:URI`` (tar
+shards), or a canonical dataset URI; ``?size=S`` resizes the shorter side to S pixels and centre-crops S×S.
+Sources with splits write DEST/train and DEST/test; add ``?split=NAME`` to convert one split straight into
+DEST. Images keep their pixels exactly (PNG).
 """
 from __future__ import annotations
 
@@ -22,17 +24,28 @@ def add_arguments(p) -> None:
                    help="images per shard (default: the input's shard size, else ~64 MiB of pixels per shard)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset sem-dist wrote at DEST (never deletes anything else)")
+    p.add_argument("--ray", action="store_true",
+                   help="list, read, decode, resize and write in parallel on Ray (imagefolder:, parquet:, "
+                        "webdataset: sources); the driver holds metadata only. Embedded local Ray unless "
+                        "--address or $RAY_ADDRESS names a cluster, whose nodes must all reach SOURCE and DEST")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address (implies --ray); default: $RAY_ADDRESS, else an embedded local Ray")
     add_bad_record_argument(p)
     add_storage_arguments(p)
 
 
 def run(args) -> int:
-    from ..data.convert import convert
-
     if args.shard_rows is not None and args.shard_rows < 1:
         raise ValueError("--shard-rows must be >= 1")
-    written = convert(args.source, args.dest, args.shard_rows, args.on_bad_record, args.overwrite,
-                      storage_options(args))
+    common = (args.source, args.dest, args.shard_rows, args.on_bad_record, args.overwrite, storage_options(args))
+    if args.ray or args.address:
+        from ..distributed.convert import convert_ray
+
+        written = convert_ray(*common, address=args.address)
+    else:
+        from ..data.convert import convert
+
+        written = convert(*common)
     for split, m in written.items():
         skipped = f", {len(m.skipped)} bad records skipped (listed in the manifest)" if m.skipped else ""
         label = f"{split}: " if split else ""

@@ -192,8 +192,13 @@ def read_manifest(folder: Location) -> Manifest:
         raise DataError(f"{folder.display}: holds splits {', '.join(splits)}; name one "
                         f"(e.g. {folder.display}/{splits[0]})")
     if any(is_shard_name(n) for n in names) or STAGING in names:
-        raise DataError(f"{folder.display}: has shards but no {MANIFEST}: an incomplete (interrupted) write")
-    raise DataError(f"{folder.display}: not a canonical dataset (no {MANIFEST})")
+        raise DataError(f"{folder.display}: has shards but no {MANIFEST}: an incomplete (interrupted) write "
+                        f"(for Parquet that sem-dist did not write, read it as parquet:{folder.display})")
+    if any(n.endswith(".parquet") for n in names):
+        raise DataError(f"{folder.display}: Parquet files but no {MANIFEST}, so not a canonical dataset; "
+                        f"read them as parquet:{folder.display}")
+    raise DataError(f"{folder.display}: not a canonical dataset (no {MANIFEST}); other layouts are read as "
+                    "parquet:URI, webdataset:URI or imagefolder:URI")
 
 
 def iter_dataset(folder: Location, manifest: Manifest, policy: BadRecordPolicy,
@@ -216,12 +221,14 @@ class DatasetWriter:
     def write_shard(self, index: int, chunk: Chunk, noise: np.ndarray | None = None) -> ShardInfo:
         return write_shard(self.staging, shard_name(index), chunk.ids, chunk.images, chunk.labels, noise)
 
-    def commit(self, manifest: Manifest) -> None:
+    def commit(self, manifest: Manifest, staged: dict[str, str] | None = None) -> None:
+        """``staged`` maps a shard's name to its file in the staging area when they differ (shards written
+        in parallel under unique names get their ``part-NNNNN`` names here)."""
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.out.remove(MANIFEST)
         keep = {s.name for s in manifest.shards}
         for info in manifest.shards:
-            self.out.move(f"{STAGING}/{info.name}", info.name)
+            self.out.move(f"{STAGING}/{(staged or {}).get(info.name, info.name)}", info.name)
         for name in self.out.names():
             if is_shard_name(name) and name not in keep:
                 self.out.remove(name)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..progress import bar
-from .arrays import ArrayDataset
 from .canonical import DatasetWriter, Manifest, ShardInfo
 from .output import check_not_nested, prepare_output
 from .records import BadRecordPolicy, Chunk, rebatch
 from .source import Split
 from .sources import open_source, parse_spec
 from .storage import Location, StorageOptions, open_location
+
+if TYPE_CHECKING:  # torch stays out of processes that only convert (e.g. Ray tasks)
+    from .arrays import ArrayDataset
 
 SHARD_TARGET_BYTES = 64 << 20  # raw pixels per shard: ~20k CIFAR images, ~450 at 224×224×3
 MAX_SHARD_ROWS = 20000
@@ -36,7 +38,10 @@ def shards_of(sp: Split, policy: BadRecordPolicy, shard_rows: int | None) -> Ite
 
 def source_record(sp: Split, options: dict[str, str]) -> dict:
     """What the manifest says about the input: redacted URI, split, options (no credentials)."""
-    return {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
+    record = {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
+    if sp.resize:
+        record["resize"] = sp.resize
+    return record
 
 
 def new_manifest(sp: Split, shards: list[ShardInfo], shape: tuple[int, int, int], source: dict,

@@ -1,104 +1,87 @@
-"""Class-per-folder image trees (``DIR/<class>/**/*.jpg|jpeg|png``), e.g. an ImageNet subset or a face set.
+"""Class-per-folder image trees (``DIR/<class>/**/*.jpg|jpeg|png|webp``), e.g. an ImageNet subset or a face set.
 
 Options (``imagefolder:DIR?classes=100&size=224&mode=RGB``): ``classes=N`` keeps the first N classes in
 sorted order (the paper's ImageNet-100 subset); ``size=S`` resizes the shorter side to S and centre-crops
-S×S; ``mode=RGB|L`` sets the channel count (default RGB). Ids are paths relative to DIR. Images directly
-in DIR have no class folder, hence no label: they are bad records. Other files are ignored with a note.
+S×S; ``mode=RGB|L`` sets the channel count (default RGB). Classes are the sorted, non-hidden sub-folders of
+DIR; ids are paths relative to DIR. Images directly in DIR have no class folder, hence no label: they are
+bad records. Other files are ignored with a note.
+
+Work units are class folders: each is listed and read by one task (in parallel on Ray), so the driver
+only lists DIR's top level.
 """
 from __future__ import annotations
 
 import posixpath
-import sys
+from typing import Iterator
 
-import numpy as np
+from .plan import OPTIONS as IMAGE_OPTIONS
+from .plan import (RawRecord, SourcePlan, UnitReader, check_options, class_names, image_options, portable_uri,
+                   positive_int)
+from .source import Source, Split
+from .storage import DataError, Location, StorageOptions, storage_errors
 
-from .images import BadImage, ImageDecoder
-from .records import BadRecordPolicy, Chunk
-from .source import CHUNK_ROWS, Source, Split
-from .storage import DataError, Location, storage_errors
-
-EXTENSIONS = (".jpg", ".jpeg", ".png")
-OPTIONS = ("classes", "size", "mode")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+OPTIONS = ("classes",) + IMAGE_OPTIONS
+ROOT_UNIT = ""  # the unit of image files directly in DIR (bad records: no class folder)
 
 
-def _positive_int(options: dict[str, str], key: str, display: str) -> int | None:
-    if key not in options:
-        return None
-    try:
-        value = int(options[key])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise DataError(f"{display}: {key}={options[key]!r} must be a positive integer")
-    return value
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+class ImageFolderReader(UnitReader):
+    fetches = True
+
+    def __init__(self, uri: str, storage: StorageOptions, location: Location | None, classes: list[str]):
+        super().__init__(uri, storage, location)
+        self.label_of = {c: i for i, c in enumerate(classes)}
+        self.ignored: list[str] = []  # non-image files seen (in this process), for a note
+
+    def records(self, unit: str) -> Iterator[RawRecord]:
+        loc = self.location
+        root = loc.path.rstrip("/")
+        with storage_errors(loc):
+            if unit == ROOT_UNIT:
+                files = [e["name"] for e in loc.fs.ls(root, detail=True) if e["type"] != "directory"]
+            else:
+                files = loc.fs.find(posixpath.join(root, unit))
+        for rel in sorted(posixpath.relpath(p, root) for p in files):
+            if _hidden(rel):
+                continue
+            if not rel.lower().endswith(EXTENSIONS):
+                self.ignored.append(rel)
+            elif unit == ROOT_UNIT:
+                yield RawRecord(rel, -1, error="not inside a class folder, so it has no label")
+            else:
+                yield RawRecord(rel, self.label_of[unit], ref=rel)
 
 
 class ImageFolderSource(Source):
     kind = "imagefolder"
 
-    def __init__(self, location: Location, display: str, options: dict[str, str]):
+    def __init__(self, location: Location, display: str, options: dict[str, str], storage: StorageOptions):
         super().__init__(display, options)
-        self.location = location
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise DataError(f"{display}: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(OPTIONS)})")
-        self.max_classes = _positive_int(options, "classes", display)
-        self.size = _positive_int(options, "size", display)
-        mode = options.get("mode", "RGB").upper()
-        if mode not in ("RGB", "L"):
-            raise DataError(f"{display}: mode={options['mode']!r}: choose RGB or L")
-        self.channels = 3 if mode == "RGB" else 1
+        self.location, self.storage = location, storage
+        check_options(options, OPTIONS, display)
+        self.channels, self.resize = image_options(options, display)
+        positive_int(options, "classes", display)  # checked before anything is listed
 
     def split_names(self) -> list[str]:
         return [""]
 
-    def _listing(self) -> tuple[list[str], list[tuple[str, int]], list[str]]:
-        """(classes, [(relative path, label)], ignored relative paths), all sorted."""
+    def plan(self, name: str) -> SourcePlan:
         root = self.location.path.rstrip("/")
         with storage_errors(self.location):
             if not self.location.fs.isdir(root):
                 raise DataError(f"{self.display}: no such folder")
-            entries = self.location.fs.find(root, withdirs=True, detail=True)
-        files = sorted(posixpath.relpath(p, root) for p, e in entries.items() if e["type"] != "directory")
-        files = [f for f in files if not any(part.startswith(".") for part in f.split("/"))]
-        classes = sorted({f.split("/", 1)[0] for f in files if "/" in f})
-        if self.max_classes is not None:
-            if self.max_classes > len(classes):
-                raise DataError(f"{self.display}: classes={self.max_classes} but only {len(classes)} class folders")
-            classes = classes[:self.max_classes]
-        label_of = {c: i for i, c in enumerate(classes)}
-        kept, ignored = [], []
-        for f in files:
-            if not f.lower().endswith(EXTENSIONS):
-                ignored.append(f)
-            elif "/" not in f:
-                kept.append((f, -1))  # no class folder: rejected as a bad record when read
-            elif f.split("/", 1)[0] in label_of:
-                kept.append((f, label_of[f.split("/", 1)[0]]))
-        return classes, kept, ignored
+            entries = self.location.fs.ls(root, detail=True)
+        top = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in entries}
+        folders = sorted(n for n, t in top.items() if t == "directory" and not n.startswith("."))
+        classes = class_names(self.options, folders, self.display)
+        loose = any(t != "directory" and not n.startswith(".") for n, t in top.items())
+        units = ([ROOT_UNIT] if loose else []) + classes
+        reader = ImageFolderReader(portable_uri(self.location), self.storage, self.location, classes)
+        return SourcePlan(self.display, name, classes, units, reader, self.channels, self.resize, dict(self.options))
 
     def split(self, name: str) -> Split:
-        classes, files, ignored = self._listing()
-        if ignored:
-            print(f"note: {self.display}: ignored {len(ignored)} file(s) that are not {'/'.join(EXTENSIONS)} "
-                  f"(e.g. {ignored[0]})", file=sys.stderr)
-
-        def read(policy: BadRecordPolicy):
-            decoder = ImageDecoder(self.channels, resize=self.size)
-            for s in range(0, len(files), CHUNK_ROWS):
-                ids, images, labels = [], [], []
-                for rel, label in files[s:s + CHUNK_ROWS]:
-                    if label < 0:
-                        policy.reject(rel, self.display, "not inside a class folder, so it has no label")
-                        continue
-                    try:
-                        images.append(decoder.decode(self.location.read_bytes(rel), rel))
-                    except BadImage as exc:
-                        policy.reject(rel, self.display, str(exc))
-                        continue
-                    ids.append(rel)
-                    labels.append(label)
-                if ids:
-                    yield Chunk(ids, np.stack(images), np.asarray(labels, dtype=np.int64), self.display)
-
-        return Split(name, self.display, classes, read, location=self.location)
+        return self.plan(name).as_split(self.location)

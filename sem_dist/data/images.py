@@ -58,28 +58,42 @@ class ImageDecoder:
             self.size = (self.resize, self.resize)
 
     def decode(self, data: bytes, record_id: str) -> np.ndarray:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                img.load()  # decode now, so truncated data fails here and not later
-        except Exception as exc:  # PIL raises many types for bad bytes; all mean "undecodable"
-            raise BadImage(f"undecodable image ({type(exc).__name__}: {str(exc)[:120]})") from None
-        img = to_mode(img, self.channels)
-        if self.resize is not None:
-            img = resize_center_crop(img, self.resize)
-        arr = np.asarray(img, dtype=np.uint8)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        arr = decode_image(data, self.channels, self.resize)
         if self.size is None:
             self.size, self.first_id = arr.shape[1:], record_id
-        elif arr.shape[1:] != tuple(self.size):
-            first = f" (first image {self.first_id!r})" if self.first_id else ""
-            raise BadImage(f"image is {arr.shape[2]}×{arr.shape[1]}, the dataset's images are "
-                           f"{self.size[1]}×{self.size[0]}{first}; mixed sizes need a resize (imagefolder ?size=N)")
-        return np.ascontiguousarray(arr)
+        else:
+            check_size(arr, self.size, self.first_id)
+        return arr
+
+
+def decode_image(data: bytes, channels: int, resize: int | None = None) -> np.ndarray:
+    """Image bytes → uint8 (C, H, W) under the mode policy above, resized by :func:`resize_center_crop`
+    when ``resize`` is set. The one decode every source uses, in the driver and in Ray tasks alike."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()  # decode now, so truncated data fails here and not later
+    except Exception as exc:  # PIL raises many types for bad bytes; all mean "undecodable"
+        raise BadImage(f"undecodable image ({type(exc).__name__}: {str(exc)[:120]})") from None
+    img = to_mode(img, channels)
+    if resize is not None:
+        img = resize_center_crop(img, resize)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def check_size(arr: np.ndarray, size: tuple[int, int], first_id: str | None = None) -> None:
+    if arr.shape[1:] != tuple(size):
+        first = f" (first image {first_id!r})" if first_id else ""
+        raise BadImage(f"image is {arr.shape[2]}×{arr.shape[1]}, the dataset's images are "
+                       f"{size[1]}×{size[0]}{first}; mixed sizes need a resize (?size=N)")
 
 
 def resize_center_crop(img: Image.Image, side: int) -> Image.Image:
+    """Shorter side to ``side`` (bicubic; the longer side to ``max(side, round(long·side/short))``), then
+    the central ``side``×``side`` crop (offsets rounded down)."""
     w, h = img.size
     scale = side / min(w, h)
     nw, nh = max(side, round(w * scale)), max(side, round(h * scale))

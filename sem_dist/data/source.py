@@ -20,6 +20,7 @@ class Split:
     read: Callable[[BadRecordPolicy], Iterator[Chunk]]  # decoded chunks; bad images go to the policy
     manifest: Manifest | None = None  # set for canonical datasets
     location: Location | None = None  # where the split's files are (None for bundled data)
+    resize: dict | None = None  # {"size", "rule"} when images are resized to a working size
 
     def records(self, policy: BadRecordPolicy) -> Iterator[Chunk]:
         """Decoded, checked records (labels in range, unique ids, not empty), streamed."""

@@ -1,7 +1,8 @@
 """Source specs → sources, and :func:`load_dataset` (a whole split in memory).
 
 A spec is ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``,
-``imagefolder:DIR[?classes=N&size=S&mode=RGB|L]``, or a canonical dataset URI (local path, ``file://``,
+``imagefolder:DIR[?classes=N&size=S&mode=RGB|L]``, ``parquet:URI[?image=COL&label=COL&id=COL&…]``
+(Hugging Face-style Parquet without a manifest), ``webdataset:URI[?…]`` (tar shards), or a canonical dataset URI (local path, ``file://``,
 ``s3://``, any fsspec URI). Every spec takes ``?split=NAME`` (``train``/``test`` for sources with splits,
 or a split folder of a canonical dataset written by ``convert``).
 """
@@ -9,21 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import parse_qsl
 
 import numpy as np
 
-from .arrays import ArrayDataset
 from .canonical import MANIFEST, READ_BATCH_ROWS, iter_dataset, read_manifest
 from .cifar import CifarSource
+from .hfparquet import HFParquetSource
 from .imagefolder import ImageFolderSource
 from .mnist import MnistSource
 from .records import BadRecordPolicy, Chunk, concat, rebatch
 from .source import Source, Split, chunked
 from .storage import DataError, StorageOptions, open_location, redact_uri, split_options
+from .webdataset import WebDatasetSource
 
-DIR_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+if TYPE_CHECKING:  # torch stays out of processes that only read (e.g. Ray tasks)
+    from .arrays import ArrayDataset
+
+DIR_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "parquet", "webdataset")
+
+
+PLAN_KINDS = {"imagefolder": ImageFolderSource, "parquet": HFParquetSource, "webdataset": WebDatasetSource}
 
 
 class DigitsSource(Source):
@@ -112,8 +120,10 @@ def open_source(spec: str | SourceSpec, storage: StorageOptions | None = None) -
     if s.kind == "canonical":
         return CanonicalSource(s.target, storage, s.options)
     location = open_location(s.target, storage)
-    if s.kind == "imagefolder":
-        return ImageFolderSource(location, s.display, s.options)
+    if s.kind in PLAN_KINDS:
+        # readers in Ray tasks reach the same endpoint whether it came from a flag or the environment
+        endpoint = (storage or StorageOptions()).endpoint()
+        return PLAN_KINDS[s.kind](location, s.display, s.options, StorageOptions(endpoint))
     if s.options:
         raise DataError(f"{s.display}: unknown option(s) {', '.join(sorted(s.options))}")
     cls = MnistSource if s.kind in ("mnist", "fashion-mnist") else CifarSource
@@ -146,6 +156,8 @@ def load_dataset(uri: str, split: str | None = None, *, storage: StorageOptions 
                  on_bad_record: str = "fail") -> ArrayDataset:
     """A whole split in memory. Protected canonical datasets fill ``noise`` (when stored) and every
     canonical dataset puts its manifest dict in ``meta["manifest"]``."""
+    from .arrays import ArrayDataset
+
     sp = open_split(uri, split, storage)
     policy = BadRecordPolicy(on_bad_record)
     data = collect(sp.records(policy))

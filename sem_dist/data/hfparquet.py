@@ -1,0 +1,119 @@
+"""Hugging Face-style Parquet without a manifest (``parquet:URI``), what ``datasets`` and the Hub write.
+
+An image column holding either the HF Image struct ``{bytes, path}`` or plain bytes, an integer label
+column, and optionally an id column. Options: ``image=COL`` (default ``image``), ``label=COL`` (default
+``label``), ``id=COL`` (default ``id`` when the files have it; otherwise ids are ``FILE#ROW``, stable for
+the same files), ``names=a,b,c`` / ``classes=N`` (else the ``ClassLabel`` names the Hub stores in the
+schema metadata, else ``0..max label``, read from the files' statistics), ``size=S``, ``mode=RGB|L``.
+Work units are files: each is read by one task, in batches, so memory stays bounded per file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .plan import DECODE_ROWS, RawRecord, SourcePlan, UnitReader, class_names, portable_uri
+from .shardfiles import ShardFilesSource
+from .storage import DataError, Location, StorageOptions, storage_errors
+
+
+@contextlib.contextmanager
+def _open(loc: Location, rel: str) -> Iterator[pq.ParquetFile]:
+    where = loc.child(rel)
+    with storage_errors(where), loc.fs.open(where.path, "rb") as fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except pa.ArrowException as exc:
+            raise DataError(f"{where.display}: not a readable Parquet file ({exc})") from None
+        yield pf
+
+
+class ParquetReader(UnitReader):
+    def __init__(self, uri: str, storage: StorageOptions, location: Location | None, columns: dict[str, str | None],
+                 keep_below: int | None):
+        super().__init__(uri, storage, location)
+        self.columns, self.keep_below = columns, keep_below
+
+    def records(self, unit: str) -> Iterator[RawRecord]:
+        with _open(self.location, unit) as pf:
+            yield from self._records(pf, unit)
+
+    def _records(self, pf: pq.ParquetFile, unit: str) -> Iterator[RawRecord]:
+        image, label, rid = self.columns["image"], self.columns["label"], self.columns["id"]
+        check_columns(pf.schema_arrow, self.columns, self.location.child(unit).display)
+        row = 0
+        for batch in pf.iter_batches(batch_size=DECODE_ROWS, columns=[c for c in (rid, image, label) if c]):
+            for rec in batch.to_pylist():
+                record_id = str(rec[rid]) if rid else f"{unit}#{row}"
+                row += 1
+                value, lab = rec[image], rec[label]
+                data = value.get("bytes") if isinstance(value, dict) else value
+                if isinstance(lab, int) and self.keep_below is not None and lab >= self.keep_below:
+                    continue  # a class left out by ?classes=N
+                error = ("image bytes missing" if not data else "" if isinstance(lab, int) else
+                         "label missing" if lab is None else f"label {lab!r} is not an integer")
+                if rid and rec[rid] is None:
+                    error = "id missing"
+                yield RawRecord(record_id, lab if isinstance(lab, int) else -1, data or b"",
+                                where=unit if rid else "", error=error)
+
+
+def check_columns(schema: pa.Schema, columns: dict[str, str | None], where: str) -> None:
+    missing = [c for c in columns.values() if c and c not in schema.names]
+    if missing:
+        raise DataError(f"{where}: no column(s) {', '.join(missing)} (has {', '.join(schema.names)}; "
+                        "name others with ?image=, ?label=, ?id=)")
+
+
+def hf_class_names(schema: pa.Schema, label: str) -> list[str] | None:
+    """The ``ClassLabel`` names the Hub keeps in ``schema.metadata[b"huggingface"]``, if any."""
+    try:
+        meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = meta["info"]["features"][label]["names"]
+        return [str(n) for n in names] if isinstance(names, list) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class HFParquetSource(ShardFilesSource):
+    kind = "parquet"
+    ext = ".parquet"
+    extra_options = ("image", "label", "id")
+
+    def plan(self, name: str) -> SourcePlan:
+        files = self.split_files(name)
+        display = self.split_display(name)
+        with _open(self.location, files[0]) as pf:
+            first = pf.schema_arrow
+        columns = {"image": self.options.get("image", "image"), "label": self.options.get("label", "label"),
+                   "id": self.options.get("id", "id" if "id" in first.names else None)}
+        check_columns(first, columns, self.location.child(files[0]).display)
+        found = hf_class_names(first, columns["label"])
+        if found is None and "names" not in self.options and "classes" not in self.options:
+            found = [str(i) for i in range(self._max_label(files, columns["label"]) + 1)]
+        classes = class_names(self.options, found, display)
+        keep = len(classes) if "classes" in self.options else None
+        reader = ParquetReader(portable_uri(self.location), self.storage, self.location, columns, keep)
+        return SourcePlan(display, name, classes, files, reader, self.channels, self.resize, dict(self.options))
+
+    def _max_label(self, files: list[str], label: str) -> int:
+        """The largest label, from the files' row-group statistics (footers only, no data read)."""
+        top = -1
+        for rel in files:
+            with _open(self.location, rel) as pf:
+                meta = pf.metadata
+            leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+            if label not in leaves:
+                raise DataError(f"{self.location.child(rel).display}: no column {label!r} (name it with ?label=)")
+            col = leaves.index(label)
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(col).statistics
+                if stats is None or not stats.has_min_max or not isinstance(stats.max, int):
+                    raise DataError(f"{self.display}: no label statistics to count the classes; "
+                                    "give ?classes=N or ?names=a,b,c")
+                top = max(top, stats.max)
+        return top

@@ -1,0 +1,122 @@
+"""``sem-dist convert --ray``: a plan source → canonical shards, streamed through Ray Data.
+
+Tasks read and decode (``distributed.sources``), then each batch of ``shard_rows`` image rows is encoded
+and written as one shard to DEST's staging area under a unique name by the task that holds it. The
+driver only sees one small record per shard (name, rows, sha256, size, the batch's bad records, 8-byte
+hashes of its ids), names the shards ``part-NNNNN`` in order and commits with the manifest last: memory on
+the driver grows with the number of shards and 8 bytes per image, never with pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import numpy as np
+
+from ..data.canonical import SHARD_PREFIX, DatasetWriter, Manifest, ShardInfo, read_shard, shard_name, write_shard
+from ..data.convert import default_shard_rows, new_manifest
+from ..data.output import check_not_nested, prepare_output
+from ..data.plan import portable_uri
+from ..data.records import BadRecordPolicy
+from ..data.sources import open_source, parse_spec
+from ..data.storage import DataError, Location, StorageOptions, open_location
+from .sources import DatasetInfo, read_source_rows
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """8-byte digests of ids: enough to find repeats among billions without holding the ids."""
+    return np.asarray([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+                       for i in ids], dtype=np.uint64)
+
+
+def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
+                overwrite: bool = False, storage: StorageOptions | None = None,
+                address: str | None = None) -> dict[str, Manifest]:
+    """:func:`sem_dist.data.convert.convert` with the reading, decoding and encoding on Ray."""
+    from .cluster import connect
+
+    storage = StorageOptions((storage or StorageOptions()).endpoint())
+    parsed = parse_spec(spec)
+    source = open_source(parsed, storage)
+    out = open_location(dest, storage)
+    check_not_nested(source.location, out, "SOURCE", "DEST")
+    prepare_output(out, "DEST", overwrite=overwrite)
+    names = [source.resolve_split(parsed.split)] if parsed.split else source.split_names()
+    connect(address)
+    written = {}
+    for name in names:
+        ds, info = read_source_rows(parsed, storage, name or None)
+        folder = out.child(name) if name and not parsed.split else out
+        written[name] = write_rows(ds, info, folder, storage, shard_rows, BadRecordPolicy(on_bad_record))
+    return written
+
+
+def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, shard_rows: int | None,
+               policy: BadRecordPolicy) -> Manifest:
+    """Image rows → a committed canonical dataset at ``out`` (see the module docstring)."""
+    writer = DatasetWriter(out)
+    writer.abandon()  # an earlier interrupted run's leftovers
+    staging_uri, fail = portable_uri(writer.staging), policy.mode == "fail"
+    shape = (info.channels, info.height, info.width)
+
+    def write(batch: dict) -> dict:
+        errors = batch["error"]
+        good = [i for i, e in enumerate(errors) if not e]
+        bad = json.dumps([[str(batch["id"][i]), str(e)] for i, e in enumerate(errors) if e])
+        if not good or (fail and len(good) < len(errors)):  # a failing run writes nothing more
+            return {"staged": [""], "rows": [0], "sha256": [""], "bytes": [0], "bad": [bad], "hashes": [b""]}
+        ids = [str(batch["id"][i]) for i in good]
+        staged = f"{SHARD_PREFIX}{uuid.uuid4().hex}.parquet"
+        shard = write_shard(open_location(staging_uri, storage), staged, ids, batch["image"][good],
+                            batch["label"][good])
+        return {"staged": [staged], "rows": [shard.rows], "sha256": [shard.sha256], "bytes": [shard.bytes],
+                "bad": [bad], "hashes": [id_hashes(ids).tobytes()]}
+
+    rows = shard_rows or default_shard_rows(*shape)
+    # a shard's pixels plus its encoding; declaring it also keeps Ray from fusing this stage into the
+    # decode tasks, which would then decode a whole shard's images in one task instead of in parallel
+    results = ds.map_batches(write, batch_size=rows, batch_format="numpy", memory=2 * rows * int(np.prod(shape)))
+    results.context.execution_options.preserve_order = True  # shard order (and names) fixed by the input
+    shards, staged, hashes = [], {}, []
+    rows_out = iter(results.iter_rows())
+    try:
+        for r in rows_out:
+            for rid, reason in json.loads(r["bad"]):
+                policy.reject(rid, info.source["uri"], reason)
+            if r["rows"]:
+                name = shard_name(len(shards))
+                shards.append(ShardInfo(name, int(r["rows"]), str(r["sha256"]), int(r["bytes"])))
+                staged[name] = str(r["staged"])
+                hashes.append(np.frombuffer(r["hashes"], dtype=np.uint64))
+        if not shards:
+            skipped = f" after skipping {len(policy.skipped)} bad records" if policy.skipped else ""
+            raise DataError(f"{info.source['uri']}: the dataset is empty{skipped}")
+        manifest = new_manifest(info, shards, shape, info.source, policy)
+        _refuse_repeated_ids(writer, manifest, staged, hashes)
+        writer.commit(manifest, staged)
+    except BaseException:
+        getattr(rows_out, "close", lambda: None)()  # stops the pipeline (cancels its tasks) before cleaning up
+        writer.abandon()
+        raise
+    return manifest
+
+
+def _refuse_repeated_ids(writer: DatasetWriter, manifest: Manifest, staged: dict[str, str],
+                         hashes: list[np.ndarray]) -> None:
+    """Ids must be unique; a repeat found by its hash is named by reading the ids of the shards it is in."""
+    every = np.concatenate(hashes)
+    values, counts = np.unique(every, return_counts=True)
+    if (counts == 1).all():
+        return
+    for twice in values[counts > 1]:  # usually one; a mere hash collision is not a repeat
+        found = []
+        for info, h in zip(manifest.shards, hashes):
+            if twice in h:
+                staged_info = ShardInfo(staged[info.name], info.rows, info.sha256, info.bytes)
+                for chunk in read_shard(writer.staging, staged_info, manifest, BadRecordPolicy("fail")):
+                    found += [i for i in chunk.ids if id_hashes([i])[0] == twice]
+        if len(set(found)) < len(found):
+            repeat = next(i for i in found if found.count(i) > 1)
+            raise DataError(f"{manifest.source['uri']}: record {repeat!r}: duplicate id (ids must be unique; "
+                            "on Ray a repeat is not skippable)")
