@@ -12,7 +12,7 @@ from sem_dist.models import build_model
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
 from sem_dist.perturb.pgd import frozen, pgd
 from sem_dist.perturb.transforms import crop_flip, get_transform, resized_crop_flip
-from sem_dist.rng import BatchStream, make_generator, uniform_ball
+from sem_dist.rng import BatchStream, CounterStream, make_generator, uniform_ball
 
 RHO = 8 / 255
 
@@ -147,13 +147,11 @@ def test_sem_and_rem_differ_only_in_the_inner_perturbation():
 
 
 def test_noise_is_independent_of_the_rest_of_the_batch():
-    from sem_dist.rng import SampleStreams
-
     _, model, x, y, spec = _setup(n=8, **{"solver.samples": 2})
     ids = [f"s{i}" for i in range(8)]
     with frozen(model):
-        whole = solve_noise(model, x, y, spec, SampleStreams(0, ids))
-        part = solve_noise(model, x[3:6], y[3:6], spec, SampleStreams(0, ids[3:6]))
+        whole = solve_noise(model, x, y, spec, CounterStream.for_samples(0, ids))
+        part = solve_noise(model, x[3:6], y[3:6], spec, CounterStream.for_samples(0, ids[3:6]))
     assert torch.allclose(whole[3:6], part, atol=1e-6)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..config import ProtectConfig
 from ..models import build_model
-from ..rng import SampleStreams
+from ..rng import CounterStream
 from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator
 from .noise import NoiseSpec, solve_noise
@@ -44,7 +44,7 @@ class MinMinMax(NoiseMethod):
 
     def perturb(self, x, y, ids):
         with frozen(self.model):
-            return solve_noise(self.model, x, y, self.spec, SampleStreams(self.cfg.seed, ids, x.device))
+            return solve_noise(self.model, x, y, self.spec, CounterStream.for_samples(self.cfg.seed, ids, x.device))
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}

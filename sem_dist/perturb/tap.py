@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..models import build_model
-from ..rng import SampleStreams
+from ..rng import CounterStream
 from ..victims.train import VictimConfig, train_victim
 from .base import NoiseMethod
 from .generator import load_checkpoint, save_checkpoint
@@ -115,7 +115,7 @@ class TargetedAdversarialPoisoning(NoiseMethod):
                              f"{self.num_classes} classes and {self.in_channels} channels: {err}") from None
 
     def perturb(self, x, y, ids):
-        stream = SampleStreams(self.cfg.seed, ids, x.device) if self.extra("random_start") else None
+        stream = CounterStream.for_samples(self.cfg.seed, ids, x.device) if self.extra("random_start") else None
         with frozen(self.model):
             # descending the loss of the target labels is the targeted attack
             return pgd(self.model, x, tap_targets(y, self.num_classes), self.cfg.budget.rho_u, self.cfg.alpha_u,
