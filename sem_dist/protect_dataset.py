@@ -33,7 +33,7 @@ from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecordPolicy, Chunk
 from .data.sources import collect, open_source, parse_spec
 from .data.storage import DataError, Location, StorageOptions, open_location
-from .device import resolve_device
+from .device import resolve_device, trainer_layout
 from .perturb.methods import NoiseMethod
 from .perturb.regenerate import apply_noise, regenerate
 from .pipeline import NoiseStats, fit_method
@@ -184,6 +184,7 @@ def protect(req: ProtectRequest) -> Manifest:
 
     protection = {
         "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
+        "layout": {**trainer_layout(cfg.trainer), "amp": cfg.trainer.amp},
         "noise": totals.result(),
         "workers": req.workers, "gpus_per_worker": req.gpus_per_worker, "device": str(device),
         "train_workers": int(train_metrics.get("workers", 1)),

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..device import autocast, prepare_model
+from ..device import autocast, prepare_for
 from ..models import build_model, unwrap
 from ..rng import RNG_SCHEME, CounterStream, make_generator
 from .noise import NoiseSpec, solve_noise
@@ -94,7 +94,7 @@ def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
         xt = spec.transform.sample(x + delta_u, stream)
         if cfg.trainer.model_adv:
             xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
-                          stream=stream if cfg.attack.random_start else None)
+                          stream=stream if cfg.attack.random_start else None, amp=spec.amp)
     model.train()
     with autocast(x.device, spec.amp):
         logits = model(xt)
@@ -118,7 +118,7 @@ class GeneratorTraining:
     @classmethod
     def create(cls, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
                device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None) -> "GeneratorTraining":
-        model = prepare_model(build_model(cfg.trainer.arch, num_classes, in_channels, seed=cfg.seed), device)
+        model = prepare_for(cfg.trainer, build_model(cfg.trainer.arch, num_classes, in_channels, seed=cfg.seed), device)
         if wrap is not None:
             model = wrap(model)
         t = cfg.trainer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ProtectConfig
+from ..device import prepare_for
 from ..models import build_model
 from ..rng import CounterStream
 from .base import NoiseMethod
@@ -29,7 +30,8 @@ class MinMinMax(NoiseMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.spec = NoiseSpec.from_config(self.cfg, self.image_side)
-        self.model = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels).to(self.device)
+        net = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels)
+        self.model = prepare_for(self.cfg.trainer, net, self.device)
 
     def fit(self, data, *, checkpoint_dir=None, resume=False, progress=None) -> None:
         training = train_generator(self.cfg, data, self.num_classes, self.in_channels, self.image_side,
