@@ -136,4 +136,4 @@ def uniform_ball(stream, rho: float, *shape: int) -> torch.Tensor:
     zero-radius perturbation leaves the stream exactly where no perturbation would."""
     if rho == 0:
         return torch.zeros((stream.n, *shape), device=stream.device)
-    return (2.0 * stream.rand(*shape) - 1.0) * rho
+    return stream.rand(*shape).mul(2.0 * rho).sub_(rho)  # (2u − 1)·ρ in two passes

@@ -61,6 +61,19 @@ def test_resized_crop_full_area_is_identity_and_transforms_resolve_by_size():
         get_transform("rotate", 32)
 
 
+@pytest.mark.parametrize("name", ["crop_flip", "resized_crop_flip", "none"])
+def test_a_transform_of_r_draws_per_image_equals_one_of_r_copies(name):
+    t = get_transform(name, 16)
+    x = torch.rand(3, 2, 16, 16, generator=make_generator(2), requires_grad=True)
+    u = torch.rand(6, t.n_params, generator=make_generator(3))
+    once = t(x, u)  # two draws per image, x not copied first
+    copies = t(x.repeat_interleave(2, dim=0), u)
+    assert once.shape == (6, 2, 16, 16) and torch.equal(once, copies)
+    (g_once,) = torch.autograd.grad(once.square().sum(), x)
+    (g_copies,) = torch.autograd.grad(copies.square().sum(), x)
+    assert torch.allclose(g_once, g_copies, atol=1e-6)
+
+
 def test_random_perturbation_is_uniform_in_the_ball():
     d = uniform_ball(_stream(64), 4 / 255, 3, 32, 32)
     assert d.abs().max() <= 4 / 255

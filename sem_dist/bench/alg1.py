@@ -39,6 +39,9 @@ def add_arguments(group) -> None:
     group.add_argument("--baseline-layout", action="store_true",
                        help="also time SEM with a contiguous, uncompiled model: reports speedup_vs_contiguous")
     group.add_argument("--reps", type=int, help="timed steps per method (default 3; 1 with --quick)")
+    group.add_argument("--no-rem", action="store_true", help="time SEM only (REM costs ≈ 9× SEM: skip it for big models)")
+    group.add_argument("--ku", type=int, help="K_u noise steps (default 10; fewer shortens a run, same pass shapes)")
+    group.add_argument("--ka", type=int, help="K_a PGD steps (default 10)")
 
 
 def _sync(device: torch.device) -> None:
@@ -80,14 +83,16 @@ def profiled_steps(training: GeneratorTraining, x, y, steps: int) -> tuple[list[
 
 def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
         image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
-        amp: bool = False, baseline_layout: bool = False, reps: int | None = None) -> dict:
+        amp: bool = False, baseline_layout: bool = False, reps: int | None = None, no_rem: bool = False,
+        ku: int | None = None, ka: int | None = None) -> dict:
     torch.manual_seed(0)
     batch = batch_size or (32 if quick else 128)
     reps = reps or (1 if quick else 3)
     dev = resolve_device(device)
     common = {"trainer.arch": arch, "trainer.batch_size": batch, "trainer.steps": 10 ** 6, "trainer.amp": amp,
-              "trainer.memory_format": memory_format, "trainer.compile": compile}
-    variants = {"sem": ("sem", common), "rem": ("rem", common)}
+              "trainer.memory_format": memory_format, "trainer.compile": compile,
+              **({"solver.steps": ku} if ku else {}), **({"attack.steps": ka} if ka else {})}
+    variants = {"sem": ("sem", common), **({} if no_rem else {"rem": ("rem", common)})}
     if baseline_layout:
         variants["sem_contiguous"] = ("sem", {**common, "trainer.memory_format": "contiguous",
                                               "trainer.compile": "off"})
@@ -121,13 +126,15 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
         "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
         "device": str(dev), "reps": reps, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
         "layout": {**trainer_layout(cfg.trainer), "amp": amp},
-        "sem_step_s": med["sem"], "rem_step_s": med["rem"], "rem_over_sem": med["rem"] / med["sem"],
+        "sem_step_s": med["sem"],
         "t_input_grad_pass_s": med["input_grad"], "t_train_pass_s": med["train"],
         "efficiency_sem": (passes * med["input_grad"] + med["train"]) / med["sem"],
         **profile_total.result(reps), "profile_coverage": profile_total.total() / sem_total,
         "random_share": profile_total.seconds.get("random", 0.0) / sem_total,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
     }
+    if not no_rem:
+        out["rem_step_s"], out["rem_over_sem"] = med["rem"], med["rem"] / med["sem"]
     if baseline_layout:
         out["sem_contiguous_step_s"] = med["sem_contiguous"]
         out["speedup_vs_contiguous"] = med["sem_contiguous"] / med["sem"]

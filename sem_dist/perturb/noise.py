@@ -81,14 +81,12 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
 def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, spec: NoiseSpec,
                    rows: RepeatStream) -> torch.Tensor:
     """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (rows: J per sample)."""
-    b, j = x.shape[0], spec.samples
-    shape = x.shape[1:]
+    j = spec.samples
     delta = delta.detach().requires_grad_(True)
-    xj = (x + delta).unsqueeze(1).expand(b, j, *shape).reshape(b * j, *shape)
-    xt = spec.transform.sample(xj, rows)
+    xt = spec.transform.sample(x + delta, rows)  # J rows per sample, without J copies of x + δ^u first
     delta_j = inner_perturbation(model, xt.detach(), y.repeat_interleave(j), spec, rows)
     # δ_j is a constant; the gradient reaches δ^u through the clamp and t_j
-    inputs = xt if delta_j is None else (xt + delta_j).clamp(0.0, 1.0)
+    inputs = xt if delta_j is None else (xt + delta_j).clamp_(0.0, 1.0)
     loss = F.cross_entropy(logits_of(model, inputs, spec.amp), y.repeat_interleave(j), reduction="sum") / j
     (grad,) = torch.autograd.grad(loss, delta)
     return grad
