@@ -19,6 +19,8 @@ import yaml
 LARGE_IMAGE_MIN_SIDE = 64  # images at least this wide use the ImageNet-size defaults and transforms
 
 INNER_KINDS = ("random", "adversarial", "none")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+COMPILE_MODES = ("auto", "on", "off")
 TRANSFORMS = ("auto", "crop_flip", "resized_crop_flip", "none")
 
 
@@ -86,7 +88,9 @@ class Trainer:
     model_adv: bool = True  # δ^a in θ's update (Eq. 5); False gives REM-δu and Table 7's last rows
     arch: str = "resnet18"
     checkpoint_every: int = 500
-    amp: bool = False  # bf16 autocast (GPU); off by default for exact CPU results
+    amp: bool = False  # bf16 autocast on every pass (where the device has bf16); off for exact CPU results
+    memory_format: str = "auto"  # auto | channels_last | contiguous (auto: channels_last, measured faster)
+    compile: str = "auto"  # auto | on | off: torch.compile (auto: on for long runs of models it speeds up)
 
 
 @dataclass
@@ -125,6 +129,10 @@ class ProtectConfig:
                         self.trainer.batch_size), ("regen_batch_size", self.regen_batch_size)):
             if int(v) < 1:
                 raise ValueError(f"{name}={v} must be >= 1")
+        for name, v, choices in (("trainer.memory_format", self.trainer.memory_format, MEMORY_FORMATS),
+                                 ("trainer.compile", self.trainer.compile, COMPILE_MODES)):
+            if v not in choices:
+                raise ValueError(f"{name}={v!r}: choose one of {', '.join(choices)}")
         if self.trainer.steps < 0:
             raise ValueError(f"trainer.steps={self.trainer.steps} must be >= 0")
         return self

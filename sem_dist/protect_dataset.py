@@ -33,11 +33,12 @@ from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecordPolicy, Chunk
 from .data.sources import collect, open_source, parse_spec
 from .data.storage import DataError, Location, StorageOptions, open_location
-from .device import resolve_device
+from .device import resolve_device, trainer_layout
 from .perturb.methods import NoiseMethod
 from .perturb.regenerate import apply_noise, regenerate
 from .pipeline import NoiseStats, fit_method
 from .progress import bar
+from .rng import RNG_SCHEME
 
 PROGRESS = "progress.json"
 
@@ -88,7 +89,7 @@ class StagedProgress:
 def fingerprint(cfg: ProtectConfig, source: dict, input_manifest: Manifest | None, req: ProtectRequest) -> str:
     """Everything that decides the output's bytes; a resumed run must match it exactly."""
     shas = [s.sha256 for s in input_manifest.shards] if input_manifest else None
-    blob = json.dumps({"config": cfg.to_dict(), "source": source, "input_shards": shas,
+    blob = json.dumps({"config": cfg.to_dict(), "rng": RNG_SCHEME, "source": source, "input_shards": shas,
                        "shard_rows": req.shard_rows, "keep_noise": req.keep_noise,
                        "on_bad_record": req.on_bad_record}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -182,7 +183,9 @@ def protect(req: ProtectRequest) -> Manifest:
     t_regen = time.perf_counter()
 
     protection = {
-        "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "noise": totals.result(),
+        "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
+        "layout": {**trainer_layout(cfg.trainer), "amp": cfg.trainer.amp},
+        "noise": totals.result(),
         "workers": req.workers, "gpus_per_worker": req.gpus_per_worker, "device": str(device),
         "train_workers": int(train_metrics.get("workers", 1)),
         "train_steps_per_s": train_metrics.get("steps_per_s"),

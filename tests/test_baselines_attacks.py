@@ -10,7 +10,7 @@ from sem_dist.models import build_model
 from sem_dist.perturb.attacks import ATTACKS, apgd_checkpoints, get_attack
 from sem_dist.perturb.noise import NoiseSpec, solve_noise
 from sem_dist.perturb.pgd import frozen
-from sem_dist.rng import SampleStreams, make_generator
+from sem_dist.rng import CounterStream, make_generator
 
 RHO = 8 / 255
 
@@ -30,7 +30,7 @@ def test_attack_bounds_ascent_and_per_sample_independence(name, setup):
     attack = get_attack(name)
     ids = [str(i) for i in range(len(x))]
     with frozen(model):
-        d = attack(model, x, y, RHO, RHO / 4, 5, stream=SampleStreams(0, ids))
+        d = attack(model, x, y, RHO, RHO / 4, 5, stream=CounterStream.for_samples(0, ids))
         assert d.abs().max() <= RHO + 1e-7 and (x + d).min() >= 0 and (x + d).max() <= 1
         if name == "tpgd":  # TRADES ascends the divergence from the clean prediction
             clean = F.log_softmax(model(x), 1)
@@ -39,7 +39,7 @@ def test_attack_bounds_ascent_and_per_sample_independence(name, setup):
             gain = F.cross_entropy(model(x + d), y) - F.cross_entropy(model(x), y)
         assert gain > 0
         # a sample's δ does not depend on the rest of the batch (noise stays independent of batching)
-        alone = attack(model, x[2:3], y[2:3], RHO, RHO / 4, 5, stream=SampleStreams(0, ids[2:3]))
+        alone = attack(model, x[2:3], y[2:3], RHO, RHO / 4, 5, stream=CounterStream.for_samples(0, ids[2:3]))
         assert torch.allclose(alone, d[2:3], atol=1e-6)
         assert attack(model, x, y, RHO, RHO / 4, 0).abs().max() == 0
 
@@ -59,5 +59,5 @@ def test_rem_inner_maximiser_is_selected_by_config(setup):
         spec = NoiseSpec.from_config(cfg, 16)
         assert spec.attack is ATTACKS[algorithm]
         with frozen(model):
-            d = solve_noise(model, x, y, spec, SampleStreams(0, [str(i) for i in range(len(x))]))
+            d = solve_noise(model, x, y, spec, CounterStream.for_samples(0, [str(i) for i in range(len(x))]))
         assert d.abs().max() <= cfg.budget.rho_u + 1e-7

@@ -84,6 +84,18 @@ def test_resume_refuses_a_checkpoint_from_another_configuration(tmp_path):
         train_generator(other, data, 10, 3, 32, CPU, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_drawn_with_another_random_scheme(tmp_path):
+    data = _data(20)
+    cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 2})
+    train_generator(cfg, data, 10, 3, 32, CPU, checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    state["rng"]["scheme"] = "blake2b(seed, step)"  # what sem_dist wrote before counter-based draws
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    longer = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 2})
+    with pytest.raises(ValueError, match="random scheme 'blake2b"):
+        train_generator(longer, data, 10, 3, 32, CPU, checkpoint_dir=tmp_path, resume=True)
+
+
 def test_same_seed_same_noise_and_another_seed_other_noise():
     data = _data(12)
 

@@ -12,7 +12,7 @@ from sem_dist.models import build_model
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
 from sem_dist.perturb.pgd import frozen, pgd
 from sem_dist.perturb.transforms import crop_flip, get_transform, resized_crop_flip
-from sem_dist.rng import BatchStream, make_generator, uniform_ball
+from sem_dist.rng import BatchStream, CounterStream, make_generator, uniform_ball
 
 RHO = 8 / 255
 
@@ -59,6 +59,19 @@ def test_resized_crop_full_area_is_identity_and_transforms_resolve_by_size():
     assert get_transform("auto", 224).name == "resized_crop_flip"
     with pytest.raises(ValueError, match="unknown transform"):
         get_transform("rotate", 32)
+
+
+@pytest.mark.parametrize("name", ["crop_flip", "resized_crop_flip", "none"])
+def test_a_transform_of_r_draws_per_image_equals_one_of_r_copies(name):
+    t = get_transform(name, 16)
+    x = torch.rand(3, 2, 16, 16, generator=make_generator(2), requires_grad=True)
+    u = torch.rand(6, t.n_params, generator=make_generator(3))
+    once = t(x, u)  # two draws per image, x not copied first
+    copies = t(x.repeat_interleave(2, dim=0), u)
+    assert once.shape == (6, 2, 16, 16) and torch.equal(once, copies)
+    (g_once,) = torch.autograd.grad(once.square().sum(), x)
+    (g_copies,) = torch.autograd.grad(copies.square().sum(), x)
+    assert torch.allclose(g_once, g_copies, atol=1e-6)
 
 
 def test_random_perturbation_is_uniform_in_the_ball():
@@ -147,13 +160,11 @@ def test_sem_and_rem_differ_only_in_the_inner_perturbation():
 
 
 def test_noise_is_independent_of_the_rest_of_the_batch():
-    from sem_dist.rng import SampleStreams
-
     _, model, x, y, spec = _setup(n=8, **{"solver.samples": 2})
     ids = [f"s{i}" for i in range(8)]
     with frozen(model):
-        whole = solve_noise(model, x, y, spec, SampleStreams(0, ids))
-        part = solve_noise(model, x[3:6], y[3:6], spec, SampleStreams(0, ids[3:6]))
+        whole = solve_noise(model, x, y, spec, CounterStream.for_samples(0, ids))
+        part = solve_noise(model, x[3:6], y[3:6], spec, CounterStream.for_samples(0, ids[3:6]))
     assert torch.allclose(whole[3:6], part, atol=1e-6)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sem_dist.data import load_dataset, save_dataset
+from sem_dist.rng import RNG_SCHEME
 
 # CPU-test scale: a handful of generator steps on a small CNN (the paper's settings are for GPUs)
 TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "2", "--samples", "1", "--ka", "1", "--batch-size", "16",
@@ -49,6 +50,8 @@ def test_protect_round_trip_and_manifest(tmp_path, cli, small_data):
     assert p["config"]["trainer"]["steps"] == 2 and p["config"]["budget"]["rho_u"] == pytest.approx(8 / 255)
     assert p["config"]["budget"]["rho_a"] == pytest.approx(2 / 255) and p["config"]["trainer"]["arch"] == "small_cnn"
     assert p["workers"] == 1 and p["train_workers"] == 1 and p["gpus_per_worker"] == 0
+    assert p["rng"] == {"scheme": RNG_SCHEME}
+    assert p["layout"] == {"memory_format": "channels_last", "compile": False, "amp": False}  # 2 steps: no compile
     assert p["noise"]["linf_levels"] == np.abs(got.noise.astype(int)).max()
     assert p["noise"]["mean_abs_levels"] == pytest.approx(np.abs(got.noise.astype(int)).mean())
     assert set(p["timings"]) >= {"fit_s", "regenerate_s", "total_s"}

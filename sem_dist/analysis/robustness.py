@@ -74,7 +74,7 @@ def surrogate_robustness(model: nn.Module, clean: ArrayDataset, cfg: ProtectConf
             delta_u = solve_noise(model, x, y, spec, stream)  # lines 4–12: min over δ^u of E_t max δ^a
             xt = spec.transform.sample(x + delta_u, stream)  # line 13
             xa = xt + pgd(model, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,  # line 14
-                          stream=stream if cfg.attack.random_start else None)
+                          stream=stream if cfg.attack.random_start else None, amp=cfg.trainer.amp)
             with torch.no_grad():
                 total += float(F.cross_entropy(model(xa), y))  # line 15
             if progress is not None:

@@ -1,9 +1,14 @@
-"""Time per Algorithm-1 step for SEM and REM at the paper's step settings (K_u=10, J=5, K_a=10) with
-the small CNN on 32×32×3, interleaved in one run, against one plain input-gradient pass and one
-training pass at the same batch size.
+"""Time per Algorithm-1 step for SEM and REM at the paper's step settings (K_u=10, J=5, K_a=10),
+interleaved in one run, against one plain input-gradient pass and one training pass at the same batch
+size and in the same layout the step uses; and where a SEM step's time goes.
 
 rem_over_sem: REM time / SEM time (paper: 3.91×; pass counting: (10·5·11+11)/(10·5+11) = 9.2×).
 efficiency_sem: ((K_u·J + K_a)·t_input_grad + t_train) / t_sem_step (1 = no overhead beyond the passes).
+t_passes_s, t_transform_s, t_random_s, t_project_s, t_other_s: a SEM step's time in forward/backward
+passes, EOT transforms, random draws, projections, and the optimizer (see ``bench.profile``);
+profile_coverage is their sum over the step time.
+speedup_vs_contiguous (with --baseline-layout): the same SEM step with a contiguous, uncompiled model
+(the layout before issue #13) over this run's step.
 """
 from __future__ import annotations
 
@@ -15,59 +20,122 @@ import torch
 import torch.nn.functional as F
 
 from ..config import resolve_config
+from ..device import resolve_device, trainer_layout
 from ..perturb.generator import GeneratorTraining
 from ..perturb.pgd import frozen
+from .profile import StepProfile, instrument
 
 
-def _input_grad_pass(model, x, y) -> float:
+def add_arguments(group) -> None:
+    group.add_argument("--arch", default="small_cnn", help="generator model (default small_cnn)")
+    group.add_argument("--batch-size", type=int, help="images per step B (default 128; 32 with --quick)")
+    group.add_argument("--image-side", type=int, default=32, help="square image side in pixels (default 32)")
+    group.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
+    group.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
+                       help="layout of the measured run (default auto = channels_last)")
+    group.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+                       help="torch.compile the model (default off: compile time would swamp a short benchmark)")
+    group.add_argument("--amp", action="store_true", help="bf16 autocast on every pass")
+    group.add_argument("--baseline-layout", action="store_true",
+                       help="also time SEM with a contiguous, uncompiled model: reports speedup_vs_contiguous")
+    group.add_argument("--reps", type=int, help="timed steps per method (default 3; 1 with --quick)")
+    group.add_argument("--no-rem", action="store_true", help="time SEM only (REM costs ≈ 9× SEM: skip it for big models)")
+    group.add_argument("--ku", type=int, help="K_u noise steps (default 10; fewer shortens a run, same pass shapes)")
+    group.add_argument("--ka", type=int, help="K_a PGD steps (default 10)")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, fn) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _input_grad_pass(model, x, y) -> None:
     with frozen(model):
-        t0 = time.perf_counter()
         d = torch.zeros_like(x, requires_grad=True)
         torch.autograd.grad(F.cross_entropy(model(x + d), y, reduction="sum"), d)
-        return time.perf_counter() - t0
 
 
-def _train_pass(model, opt, x, y) -> float:
+def _train_pass(model, opt, x, y) -> None:
     model.train()
-    t0 = time.perf_counter()
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - t0
 
 
-def run(quick: bool = False, verbose: bool = True) -> dict:
+def profiled_steps(training: GeneratorTraining, x, y, steps: int) -> tuple[list[float], StepProfile]:
+    """Run ``steps`` Algorithm-1 steps under the profile; their wall times and the profile."""
+    profile = StepProfile()
+    times = []
+    with instrument(profile, training.model, training.optimizer):
+        for _ in range(steps):
+            times.append(_timed(x.device, lambda: training.run_step(x, y)))
+    return times, profile
+
+
+def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
+        image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
+        amp: bool = False, baseline_layout: bool = False, reps: int | None = None, no_rem: bool = False,
+        ku: int | None = None, ka: int | None = None) -> dict:
     torch.manual_seed(0)
-    batch = 32 if quick else 128
-    reps = 1 if quick else 3
-    device = torch.device("cpu")
-    common = {"trainer.arch": "small_cnn", "trainer.batch_size": batch, "trainer.steps": 10 ** 6}
-    runs = {m: GeneratorTraining.create(resolve_config(m, 32, overrides=common), 10, 3, 32, device)
-            for m in ("sem", "rem")}
-    x = torch.rand(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    for r in runs.values():  # warm-up
+    batch = batch_size or (32 if quick else 128)
+    reps = reps or (1 if quick else 3)
+    dev = resolve_device(device)
+    common = {"trainer.arch": arch, "trainer.batch_size": batch, "trainer.steps": 10 ** 6, "trainer.amp": amp,
+              "trainer.memory_format": memory_format, "trainer.compile": compile,
+              **({"solver.steps": ku} if ku else {}), **({"attack.steps": ka} if ka else {})}
+    variants = {"sem": ("sem", common), **({} if no_rem else {"rem": ("rem", common)})}
+    if baseline_layout:
+        variants["sem_contiguous"] = ("sem", {**common, "trainer.memory_format": "contiguous",
+                                              "trainer.compile": "off"})
+    runs = {k: GeneratorTraining.create(resolve_config(m, image_side, overrides=o), 10, 3, image_side, dev)
+            for k, (m, o) in variants.items()}
+    x = torch.rand(batch, 3, image_side, image_side, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    for r in runs.values():  # warm-up (and compilation, when on)
         r.run_step(x, y)
-    net = runs["sem"].model
-    times = {"sem": [], "rem": [], "input_grad": [], "train": []}
+    net, opt = runs["sem"].model, runs["sem"].optimizer
+    times: dict[str, list[float]] = {k: [] for k in [*runs, "input_grad", "train"]}
+    profile_total = StepProfile()
     for i in range(reps):  # interleaved so drift in machine load hits every measurement alike
-        for m, r in runs.items():
-            t0 = time.perf_counter()
-            r.run_step(x, y)
-            times[m].append(time.perf_counter() - t0)
-        times["input_grad"] += [_input_grad_pass(net, x, y) for _ in range(5)]
-        times["train"] += [_train_pass(net, runs["sem"].optimizer, x, y) for _ in range(5)]
+        for k, r in runs.items():
+            if k == "sem":
+                t, profile = profiled_steps(r, x, y, 1)
+                for part, s in profile.seconds.items():
+                    profile_total.seconds[part] += s
+                times[k] += t
+            else:
+                times[k].append(_timed(dev, lambda: r.run_step(x, y)))
+        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y)) for _ in range(5)]
+        times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y)) for _ in range(5)]
         if verbose:
-            print(f"rep {i + 1}/{reps}: sem {times['sem'][-1]:.2f}s rem {times['rem'][-1]:.2f}s", flush=True)
+            print(f"rep {i + 1}/{reps}: " + " ".join(f"{k} {times[k][-1]:.2f}s" for k in runs), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     cfg = runs["sem"].cfg
     passes = cfg.solver.steps * cfg.solver.samples + cfg.attack.steps
-    return {
-        "bench": "alg1", "quick": quick, "arch": "small_cnn", "image": [3, 32, 32], "batch_size": batch,
-        "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
-        "sem_step_s": med["sem"], "rem_step_s": med["rem"], "rem_over_sem": med["rem"] / med["sem"],
+    sem_total = sum(times["sem"])
+    out = {
+        "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
+        "device": str(dev), "reps": reps, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
+        "layout": {**trainer_layout(cfg.trainer), "amp": amp},
+        "sem_step_s": med["sem"],
         "t_input_grad_pass_s": med["input_grad"], "t_train_pass_s": med["train"],
         "efficiency_sem": (passes * med["input_grad"] + med["train"]) / med["sem"],
+        **profile_total.result(reps), "profile_coverage": profile_total.total() / sem_total,
+        "random_share": profile_total.seconds.get("random", 0.0) / sem_total,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
     }
+    if not no_rem:
+        out["rem_step_s"], out["rem_over_sem"] = med["rem"], med["rem"] / med["sem"]
+    if baseline_layout:
+        out["sem_contiguous_step_s"] = med["sem_contiguous"]
+        out["speedup_vs_contiguous"] = med["sem_contiguous"] / med["sem"]
+    return out

@@ -25,7 +25,8 @@ OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.
              "samples": "solver.samples", "ku": "solver.steps", "ka": "attack.steps", "arch": "trainer.arch",
              "seed": "seed", "batch_size": "trainer.batch_size",
              "checkpoint_every": "trainer.checkpoint_every", "source_model": "extra.source_model",
-             "block_size": "extra.block_size"}
+             "block_size": "extra.block_size", "amp": "trainer.amp", "compile": "trainer.compile",
+             "memory_format": "trainer.memory_format"}
 
 
 def add_arguments(p) -> None:
@@ -58,6 +59,12 @@ def add_arguments(p) -> None:
                         "workers (gloo on CPU, nccl on GPU) on the cluster at --address, else an embedded local Ray")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per Ray Train worker (0 = CPU workers)")
+    g.add_argument("--amp", action="store_const", const=True,
+                   help="bf16 autocast on every forward/backward pass (losses and gradient signs stay fp32)")
+    g.add_argument("--compile", choices=["auto", "on", "off"],
+                   help="torch.compile the model (default auto: on for runs of >= 500 steps of models it speeds up)")
+    g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
+                   help="layout of the passes (default auto = channels_last, measured faster on CPU and GPU)")
     g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",

@@ -3,10 +3,11 @@ and restarts of failed workers.
 
 Each worker takes rows ``rank::W`` of every global batch (the global batch size B is the config's,
 whatever W is). δ^u and δ^a are solved per worker on the plain module with no communication; only θ's
-gradient goes through DDP's all-reduce (gloo on CPU, nccl on GPU). Random draws are made for the
-global batch and sliced (see ``perturb.generator``), and each worker's loss is scaled by W/B so DDP's
-average equals the global mean: the worker count changes only floating-point summation order and the
-BatchNorm statistics of θ's training-mode forward, which each worker computes over its B/W rows.
+gradient goes through DDP's all-reduce (gloo on CPU, nccl on GPU). Random draws are keyed by each
+row's global index, so a worker draws only its own rows (see ``perturb.generator``), and each worker's
+loss is scaled by W/B so DDP's average equals the global mean: the worker count changes only
+floating-point summation order and the BatchNorm statistics of θ's training-mode forward, which each
+worker computes over its B/W rows.
 
 The dataset goes into Ray's object store once; workers on a node read it zero-copy from shared memory
 instead of each loading its own copy.

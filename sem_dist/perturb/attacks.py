@@ -1,6 +1,7 @@
 """Inner maximisers for REM's noise-side perturbation (Table 14), behind one signature:
 
-``attack(model, x, labels, rho, alpha, steps, *, stream=None) -> δ`` with ‖δ‖∞ ≤ ρ, x + δ ∈ [0, 1].
+``attack(model, x, labels, rho, alpha, steps, *, stream=None, amp=False) -> δ`` with ‖δ‖∞ ≤ ρ,
+x + δ ∈ [0, 1]; ``amp`` runs the passes under bf16 autocast with fp32 losses and gradient signs.
 
 Call them on a frozen model in eval mode (``pgd.frozen``): every sample's δ then depends on that
 sample (and its row of ``stream``) alone, which keeps noise independent of batching.
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..rng import BatchStream, make_generator, uniform_ball
-from .pgd import pgd, project
+from .pgd import logits_of, pgd, project
 
 TRADES_START = 1e-3  # TRADES' random start scale (Zhang et al. 2019 use 0.001·N(0, 1))
 APGD_MOMENTUM = 0.75  # Croce & Hein 2020, α in the momentum update
@@ -29,17 +30,17 @@ APGD_RHO = 0.75  # Croce & Hein 2020, ρ in condition 1 of the step-size schedul
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alpha: float, steps: int,
-         *, stream=None) -> torch.Tensor:
+         *, stream=None, amp: bool = False) -> torch.Tensor:
     """FGSM (Goodfellow et al. 2015): one signed-gradient ascent step of size ρ from δ = 0.
 
     FGSM has no step size, iteration count or random start: ``alpha`` and ``stream`` are unused and
     ``steps`` only switches it off when ≤ 0 (as for the other attacks).
     """
-    return pgd(model, x, labels, rho, rho, min(steps, 1))
+    return pgd(model, x, labels, rho, rho, min(steps, 1), amp=amp)
 
 
 def tpgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alpha: float, steps: int,
-         *, stream=None) -> torch.Tensor:
+         *, stream=None, amp: bool = False) -> torch.Tensor:
     """TRADES' PGD (Zhang et al. 2019): ascend KL(f(x) ‖ f(x + δ)); ``labels`` are unused.
 
     The KL gradient vanishes at δ = 0, so the start is a small random point: uniform in ±0.001 (TRADES
@@ -52,11 +53,12 @@ def tpgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, al
     if stream is None:
         stream = BatchStream(make_generator(0, x.device), x.shape[0])
     with torch.no_grad():
-        clean = F.log_softmax(model(x), dim=1)
+        clean = F.log_softmax(logits_of(model, x, amp), dim=1)
     delta = project(x, uniform_ball(stream, min(TRADES_START, rho), *x.shape[1:]).to(x.dtype), rho)
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.kl_div(F.log_softmax(model(x + delta), dim=1), clean, reduction="sum", log_target=True)
+        loss = F.kl_div(F.log_softmax(logits_of(model, x + delta, amp), dim=1), clean, reduction="sum",
+                        log_target=True)
         (grad,) = torch.autograd.grad(loss, delta)
         delta = project(x, delta.detach() + alpha * grad.sign(), rho)
     return delta.detach()
@@ -73,7 +75,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 
 def apgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alpha: float, steps: int,
-         *, stream=None) -> torch.Tensor:
+         *, stream=None, amp: bool = False) -> torch.Tensor:
     """APGD-CE (Croce & Hein 2020): momentum PGD whose per-sample step size η starts at 2ρ and halves at
     checkpoints where progress stalled, restarting from the best point; returns the highest-loss δ seen.
 
@@ -90,7 +92,7 @@ def apgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, al
 
     def loss_and_grad(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = d.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x + d), labels, reduction="none")
+        loss = F.cross_entropy(logits_of(model, x + d, amp), labels, reduction="none")
         (g,) = torch.autograd.grad(loss.sum(), d)
         return loss.detach(), g
 

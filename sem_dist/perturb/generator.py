@@ -7,9 +7,10 @@ Table 7's rows) are all configurations of this one loop.
 
 Randomness is a pure function of (seed, step): every step reseeds its stream from those, and minibatches
 come from seeded epoch permutations. A checkpoint therefore needs only the step to resume the exact
-sequence, whichever process or machine picks it up. With W workers each draws the global batch's
-randomness and keeps its own rows, so the worker count changes only floating-point summation order and
-BatchNorm's per-worker batch statistics in θ's update.
+sequence, whichever process or machine picks it up. A step's draws are keyed by (seed, step, global row
+index) (``rng.CounterStream``): with W workers each draws only its own rows and gets the same values the
+whole batch would, so the worker count changes only floating-point summation order and BatchNorm's
+per-worker batch statistics in θ's update.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..device import autocast, prepare_model
+from ..device import autocast, prepare_for
 from ..models import build_model, unwrap
-from ..rng import BatchStream, RowSlice, make_generator
+from ..rng import RNG_SCHEME, CounterStream, make_generator
 from .noise import NoiseSpec, solve_noise
 from .pgd import frozen, pgd
 
@@ -93,7 +94,7 @@ def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
         xt = spec.transform.sample(x + delta_u, stream)
         if cfg.trainer.model_adv:
             xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
-                          stream=stream if cfg.attack.random_start else None)
+                          stream=stream if cfg.attack.random_start else None, amp=spec.amp)
     model.train()
     with autocast(x.device, spec.amp):
         logits = model(xt)
@@ -117,7 +118,7 @@ class GeneratorTraining:
     @classmethod
     def create(cls, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
                device: torch.device, wrap: Callable[[nn.Module], nn.Module] | None = None) -> "GeneratorTraining":
-        model = prepare_model(build_model(cfg.trainer.arch, num_classes, in_channels, seed=cfg.seed), device)
+        model = prepare_for(cfg.trainer, build_model(cfg.trainer.arch, num_classes, in_channels, seed=cfg.seed), device)
         if wrap is not None:
             model = wrap(model)
         t = cfg.trainer
@@ -130,12 +131,12 @@ class GeneratorTraining:
 
     def run_step(self, x: torch.Tensor, y: torch.Tensor, rank: int = 0, world: int = 1) -> dict[str, float]:
         """One step on this worker's rows ``rank::world`` of the global batch ``(x, y)`` given here
-        already sliced; the random draws are made for the global batch and sliced the same way."""
+        already sliced; the random draws are made for the same rows only (keyed by their global index)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, self.step)
         batch = self.cfg.trainer.batch_size if world > 1 else x.shape[0]
-        stream = RowSlice(BatchStream(make_generator(step_seed(self.cfg.seed, self.step), x.device), batch),
-                          slice(rank, None, world))
+        stream = CounterStream.for_rows(step_seed(self.cfg.seed, self.step),
+                                        torch.arange(rank, batch, world, device=x.device))
         stats = alg1_step(self.model, self.optimizer, x, y, self.cfg, self.spec, stream,
                           loss_scale=world / batch)
         self.step += 1
@@ -145,7 +146,7 @@ class GeneratorTraining:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "lr": lr_at(self.cfg, self.step),
                 # the RNG state is a pure function of these (see module docstring)
-                "rng": {"seed": self.cfg.seed, "scheme": "blake2b(seed, step)"},
+                "rng": {"seed": self.cfg.seed, "scheme": RNG_SCHEME},
                 "config": self.cfg.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -154,6 +155,10 @@ class GeneratorTraining:
         if saved != mine:
             diff = sorted(k for k in mine if mine[k] != saved.get(k))
             raise ValueError(f"checkpoint was written by a different configuration (differs in: {', '.join(diff)})")
+        scheme = state.get("rng", {}).get("scheme")
+        if scheme != RNG_SCHEME:  # the remaining steps would draw other noise than the run began with
+            raise ValueError(f"checkpoint was written with random scheme {scheme!r}; this sem_dist draws with "
+                             f"{RNG_SCHEME!r}: start the run afresh")
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])

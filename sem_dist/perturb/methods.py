@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..config import ProtectConfig
+from ..device import prepare_for
 from ..models import build_model
-from ..rng import SampleStreams
+from ..rng import CounterStream
 from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator
 from .noise import NoiseSpec, solve_noise
@@ -29,7 +30,8 @@ class MinMinMax(NoiseMethod):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.spec = NoiseSpec.from_config(self.cfg, self.image_side)
-        self.model = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels).to(self.device)
+        net = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels)
+        self.model = prepare_for(self.cfg.trainer, net, self.device)
 
     def fit(self, data, *, checkpoint_dir=None, resume=False, progress=None) -> None:
         training = train_generator(self.cfg, data, self.num_classes, self.in_channels, self.image_side,
@@ -44,7 +46,7 @@ class MinMinMax(NoiseMethod):
 
     def perturb(self, x, y, ids):
         with frozen(self.model):
-            return solve_noise(self.model, x, y, self.spec, SampleStreams(self.cfg.seed, ids, x.device))
+            return solve_noise(self.model, x, y, self.spec, CounterStream.for_samples(self.cfg.seed, ids, x.device))
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}

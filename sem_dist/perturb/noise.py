@@ -21,10 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..device import autocast
 from ..rng import uniform_ball
 from .attacks import get_attack
-from .pgd import project
+from .pgd import logits_of, project
 from .transforms import Transform, get_transform
 
 
@@ -72,7 +71,8 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
     if spec.inner == "random":
         return uniform_ball(stream, spec.rho_r, *xt.shape[1:]).to(xt.dtype)
     if spec.inner == "adversarial":
-        return spec.attack(model, xt, y_rep, spec.rho_a, spec.alpha_a, spec.attack_steps, stream=stream)
+        return spec.attack(model, xt, y_rep, spec.rho_a, spec.alpha_a, spec.attack_steps, stream=stream,
+                           amp=spec.amp)
     if spec.inner == "none":
         return None
     raise ValueError(f"unknown inner perturbation {spec.inner!r}")
@@ -81,17 +81,13 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
 def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, spec: NoiseSpec,
                    rows: RepeatStream) -> torch.Tensor:
     """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (rows: J per sample)."""
-    b, j = x.shape[0], spec.samples
-    shape = x.shape[1:]
+    j = spec.samples
     delta = delta.detach().requires_grad_(True)
-    xj = (x + delta).unsqueeze(1).expand(b, j, *shape).reshape(b * j, *shape)
-    xt = spec.transform.sample(xj, rows)
+    xt = spec.transform.sample(x + delta, rows)  # J rows per sample, without J copies of x + δ^u first
     delta_j = inner_perturbation(model, xt.detach(), y.repeat_interleave(j), spec, rows)
     # δ_j is a constant; the gradient reaches δ^u through the clamp and t_j
-    inputs = xt if delta_j is None else (xt + delta_j).clamp(0.0, 1.0)
-    with autocast(x.device, spec.amp):
-        logits = model(inputs)
-    loss = F.cross_entropy(logits.float(), y.repeat_interleave(j), reduction="sum") / j
+    inputs = xt if delta_j is None else (xt + delta_j).clamp_(0.0, 1.0)
+    loss = F.cross_entropy(logits_of(model, inputs, spec.amp), y.repeat_interleave(j), reduction="sum") / j
     (grad,) = torch.autograd.grad(loss, delta)
     return grad
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..device import autocast
 from ..rng import uniform_ball
 
 
@@ -37,14 +38,22 @@ def project(x: torch.Tensor, delta: torch.Tensor, rho: float) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
+def logits_of(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """fp32 logits of ``model(x)``, the forward under bf16 autocast when ``amp``. Losses and input
+    gradients stay fp32 (δ is an fp32 leaf), so every gradient sign is taken in fp32."""
+    with autocast(x.device, amp):
+        return model(x).float()
+
+
 def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alpha: float, steps: int,
-        *, maximize: bool = True, stream=None) -> torch.Tensor:
+        *, maximize: bool = True, stream=None, amp: bool = False) -> torch.Tensor:
     """ℓ∞ PGD; returns δ with ‖δ‖∞ ≤ ρ and x + δ ∈ [0, 1].
 
     ``maximize=True`` ascends the cross-entropy of ``labels`` (untargeted attack); ``maximize=False``
     descends it, which is a targeted attack when ``labels`` are the targets. A ``stream`` (see
     ``rng.py``) gives a uniform random start in the ball; ``None`` starts at zero. Call it on a
     model in eval mode with frozen parameters (see :func:`frozen`); x is treated as a constant.
+    ``amp`` runs the passes under bf16 autocast (:func:`logits_of`).
     """
     x = x.detach()
     if steps <= 0 or rho <= 0:
@@ -54,7 +63,7 @@ def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, rho: float, alp
     sign = 1.0 if maximize else -1.0
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), labels, reduction="sum")
+        loss = F.cross_entropy(logits_of(model, x + delta, amp), labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, delta)
         delta = project(x, delta.detach() + sign * alpha * grad.sign(), rho)
     return delta.detach()

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..device import prepare_model
 from ..models import build_model
-from ..rng import SampleStreams
+from ..rng import CounterStream
 from ..victims.train import VictimConfig, train_victim
 from .base import NoiseMethod
 from .generator import load_checkpoint, save_checkpoint
@@ -77,7 +78,7 @@ class TargetedAdversarialPoisoning(NoiseMethod):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.model = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels).to(self.device)
+        self.model = prepare_model(build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels), self.device)
 
     def fit(self, data, *, checkpoint_dir=None, resume=False, progress=None) -> None:
         """Load f_0 from ``extra.source_model``, or from ``checkpoint_dir`` when resuming, or train it."""
@@ -115,11 +116,11 @@ class TargetedAdversarialPoisoning(NoiseMethod):
                              f"{self.num_classes} classes and {self.in_channels} channels: {err}") from None
 
     def perturb(self, x, y, ids):
-        stream = SampleStreams(self.cfg.seed, ids, x.device) if self.extra("random_start") else None
+        stream = CounterStream.for_samples(self.cfg.seed, ids, x.device) if self.extra("random_start") else None
         with frozen(self.model):
             # descending the loss of the target labels is the targeted attack
             return pgd(self.model, x, tap_targets(y, self.num_classes), self.cfg.budget.rho_u, self.cfg.alpha_u,
-                       self.cfg.solver.steps, maximize=False, stream=stream)
+                       self.cfg.solver.steps, maximize=False, stream=stream, amp=self.cfg.trainer.amp)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}

@@ -1,8 +1,10 @@
 """The transformation distribution T (EOT), batched, differentiable, driven by a random stream.
 
-Each transform is a pure function ``t(x, u)`` of an NCHW batch in [0,1] and per-image uniforms ``u``
-of shape ``(N, n_params)``; gradients flow back to ``x``. A :class:`Transform` pairs the function with
-how many uniforms it needs, so solvers draw ``u`` from whichever stream they hold (see ``rng.py``).
+Each transform is a pure function ``t(x, u)`` of an NCHW batch in [0,1] and per-output-image uniforms
+``u`` of shape ``(R·N, n_params)``: output row i transforms ``x[i // R]``, so the J draws of Algorithm 1
+read one copy of each image instead of J materialised copies. Gradients flow back to ``x``. A
+:class:`Transform` pairs the function with how many uniforms it needs, so solvers draw ``u`` from
+whichever stream they hold (see ``rng.py``).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ def crop_flip(x: torch.Tensor, u: torch.Tensor, padding: int = 4) -> torch.Tenso
 
     ``u[:, 0:2]`` pick the row/column offsets, ``u[:, 2] < 0.5`` flips. One gather, exact pixels.
     """
-    n, _, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    _, _, h, w = x.shape
+    n = u.shape[0]
+    padded = F.pad(x, (padding, padding, padding, padding))  # R× fewer images to pad than to output
     span = 2 * padding + 1
     oy = (u[:, 0] * span).long().clamp_(max=span - 1)
     ox = (u[:, 1] * span).long().clamp_(max=span - 1)
@@ -31,7 +34,7 @@ def crop_flip(x: torch.Tensor, u: torch.Tensor, padding: int = 4) -> torch.Tenso
     ar_w = torch.arange(w, device=x.device)
     rows = oy[:, None] + ar_h  # (N, H)
     cols = ox[:, None] + torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # (N, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
+    batch = torch.div(torch.arange(n, device=x.device), n // x.shape[0], rounding_mode="floor")[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2)
 
@@ -44,6 +47,7 @@ def resized_crop_flip(x: torch.Tensor, u: torch.Tensor, scale: tuple[float, floa
     fit is shrunk to fit (torchvision retries then falls back to a centre crop — a detail we trade for
     a fixed number of draws per image). ``u`` has 5 columns: area, ratio, centre y, centre x, flip.
     """
+    x = repeat_rows(x, u.shape[0])
     n, _, h, w = x.shape
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
@@ -63,7 +67,12 @@ def resized_crop_flip(x: torch.Tensor, u: torch.Tensor, scale: tuple[float, floa
 
 
 def identity(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    return x
+    return repeat_rows(x, u.shape[0])
+
+
+def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Each row of ``x`` n/len(x) times in a row (sample-major), the layout of ``u``'s rows."""
+    return x if n == x.shape[0] else x.repeat_interleave(n // x.shape[0], dim=0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,8 @@ class Transform:
         return self.fn(x, u)
 
     def sample(self, x: torch.Tensor, stream) -> torch.Tensor:
-        """Apply one draw of t per image, uniforms from ``stream`` (rows = images)."""
+        """One draw of t per row of ``stream``, uniforms from it; ``stream`` has R rows per image of ``x``
+        (R = 1: one transformed copy of each image)."""
         return self.fn(x, stream.rand(self.n_params))
 
 

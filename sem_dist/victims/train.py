@@ -181,7 +181,8 @@ def train_victim(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset | No
             x = ueraser_max(model, x, y, defense_stream, int(augment.arg))
         if cfg.adv_rho > 0:
             with frozen(model):
-                x = x + pgd(model, x, y, cfg.adv_rho, cfg.adv_rho / cfg.adv_alpha_div, cfg.adv_steps, stream=stream)
+                x = x + pgd(model, x, y, cfg.adv_rho, cfg.adv_rho / cfg.adv_alpha_div, cfg.adv_steps,
+                            stream=stream, amp=cfg.amp)
         lr = lr_at(cfg, step, total)
         for group in opt.param_groups:
             group["lr"] = lr

@@ -1,0 +1,82 @@
+"""Memory layout, compilation and autocast are speed choices only: the noise stays what the plain path gives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sem_dist.config import resolve_config
+from sem_dist.device import prepare_model, resolve_compile, trainer_layout
+from sem_dist.models import build_model
+from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
+from sem_dist.perturb.pgd import frozen, pgd
+from sem_dist.rng import CounterStream
+
+CPU = torch.device("cpu")
+RHO = 8 / 255
+
+
+def _setup(**over):
+    cfg = resolve_config("sem", 16, overrides={"trainer.arch": "small_cnn", "solver.steps": 3, "solver.samples": 2,
+                                               **over})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+    return NoiseSpec.from_config(cfg, 16), x, y
+
+
+def _model(memory_format="contiguous", compile=False, backend="inductor"):
+    return prepare_model(build_model("small_cnn", 10, 3, seed=0), CPU, memory_format, compile, backend)
+
+
+def _grad_and_noise(model, spec, x, y):
+    with frozen(model):
+        delta = torch.full_like(x, RHO / 2)
+        grad = noise_gradient(model, x, y, delta, spec, RepeatStream(CounterStream.for_rows(1, torch.arange(4)), 2))
+        noise = solve_noise(model, x, y, spec, CounterStream.for_rows(2, torch.arange(4)))
+    return grad, noise
+
+
+def _assert_same(a, b):
+    (ga, na), (gb, nb) = a, b
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+    # signed steps turn float noise in a near-zero gradient element into a 2α step: allow a few such elements
+    assert (na - nb).abs().gt(1e-6).float().mean() < 0.01
+
+
+def test_channels_last_gives_the_plain_paths_noise():
+    spec, x, y = _setup()
+    plain = _model("contiguous")
+    fast = _model("channels_last")
+    convs = [p for p in fast.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    _assert_same(_grad_and_noise(plain, spec, x, y), _grad_and_noise(fast, spec, x, y))
+
+
+def test_compiled_model_gives_the_plain_paths_noise():
+    # Dynamo graph capture + AOT autograd, which is what `trainer.compile: on` adds around the model; the
+    # inductor code generator itself is not run here (it needs minutes of compilation on a 2-core CPU)
+    spec, x, y = _setup()
+    _assert_same(_grad_and_noise(_model(), spec, x, y),
+                 _grad_and_noise(_model("channels_last", compile=True, backend="aot_eager"), spec, x, y))
+
+
+def test_pgd_under_autocast_keeps_its_bounds_and_ascends():
+    _, x, y = _setup()
+    model = _model("channels_last")
+    with frozen(model):
+        d32 = pgd(model, x, y, RHO, RHO / 4, 5)
+        d16 = pgd(model, x, y, RHO, RHO / 4, 5, amp=True)
+        loss = [float(torch.nn.functional.cross_entropy(model(x + d), y)) for d in (torch.zeros_like(x), d16)]
+    assert d16.dtype == torch.float32 and d16.abs().max() <= RHO + 1e-6 and (x + d16).min() >= 0
+    assert loss[1] > loss[0]
+    assert (d16.sign() == d32.sign()).float().mean() > 0.7  # bf16 changes details, not the attack
+
+
+def test_layout_choices_resolve_by_the_documented_rule_and_bad_values_are_named():
+    assert trainer_layout(resolve_config("sem", 32).trainer) == {"memory_format": "channels_last", "compile": True}
+    assert not resolve_compile("auto", "resnet18", 60)  # a demo does not repay the compile time
+    assert not resolve_compile("auto", "small_cnn", 5000)  # measured slower compiled
+    assert resolve_compile("on", "small_cnn", 1) and not resolve_compile("off", "resnet18", 5000)
+    with pytest.raises(ValueError, match="trainer.compile"):
+        resolve_config("sem", 32, overrides={"trainer.compile": "sometimes"})
+    with pytest.raises(ValueError, match="trainer.memory_format"):
+        resolve_config("sem", 32, overrides={"trainer.memory_format": "nhwc"})
