@@ -261,15 +261,18 @@ def _scheduler(req: SearchRequest, space: Space):
                          grace_period=req.grace_period, reduction_factor=req.reduction_factor)
 
 
-def _searcher(req: SearchRequest):
-    """Seeded, so a search draws the same trials every time."""
+def _searcher(req: SearchRequest, concurrency: int):
+    """Seeded, so a search draws the same trials every time. Tune ignores ``max_concurrent_trials`` for a
+    BasicVariantGenerator, which takes the bound itself."""
     if req.search != "optuna":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=req.seed)  # grid points expanded, distributions sampled
+        # grid points expanded, distributions sampled
+        return BasicVariantGenerator(max_concurrent=concurrency, random_state=req.seed)
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=req.seed)
+    return ConcurrencyLimiter(OptunaSearch(seed=req.seed), max_concurrent=concurrency)
 
 
 def _concurrency(req: SearchRequest) -> int:
@@ -373,8 +376,8 @@ def run_search(req: SearchRequest) -> SearchResult:
         tuner = tune.Tuner(
             trainable, param_space=to_ray(space, req.search),
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=req.num_samples,
-                                        search_alg=_searcher(req), scheduler=_scheduler(req, space),
-                                        max_concurrent_trials=_concurrency(req), reuse_actors=False),
+                                        search_alg=_searcher(req, _concurrency(req)),
+                                        scheduler=_scheduler(req, space), reuse_actors=False),
             run_config=tune.RunConfig(name=req.name, storage_path=storage_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=1), verbose=1))
     tuner.fit()
