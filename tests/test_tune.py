@@ -160,3 +160,19 @@ def test_figure5_and_table6_come_from_the_trials_rows(tmp_path):
     assert plot_table6(rows, tmp_path / "t6.png") and (tmp_path / "t6.png").stat().st_size > 1000
     flat = [dict(r, **{"victim.adv_rho": 0.0}) for r in rows if r["trainer.steps"] == 500 and r["solver.samples"] == 1]
     assert not plot_figure5(flat, tmp_path / "none5.png") and not plot_table6(flat, tmp_path / "none6.png")
+
+
+def test_space_parses_fractions_fixed_values_and_integer_ranges():
+    from ray import tune
+
+    from sem_dist.distributed.search_space import parse_space, to_ray
+
+    space = parse_space({"budget.rho_r": {"grid": ["0", "2/255"]}, "trainer.steps": {"uniform": [100, 200]},
+                         "victim.filter": {"choice": ["none", "median"]}, "victim.adv_rho": "4/255"})
+    assert space.fixed() == {"victim.adv_rho": 4 / 255}
+    assert [p.key for p in space.searched()] == ["budget.rho_r", "trainer.steps", "victim.filter"]
+    grid = to_ray(space, "grid")
+    assert grid["budget.rho_r"] == {"grid_search": [0.0, 2 / 255]} and grid["victim.adv_rho"] == 4 / 255
+    steps = [grid["trainer.steps"].sample() for _ in range(50)]
+    assert all(isinstance(s, int) and 100 <= s <= 200 for s in steps)
+    assert isinstance(to_ray(space, "random")["budget.rho_r"], tune.search.sample.Categorical)

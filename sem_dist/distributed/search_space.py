@@ -40,7 +40,7 @@ QUICK_SPACE = {"budget.rho_r": {"grid": ["0", "4/255"]},
                "trainer.steps": {"grid": [4, 12]},
                "budget.rho_u": "16/255", "budget.rho_a": "4/255", "trainer.arch": "small_cnn",
                "trainer.batch_size": 64, "trainer.lr_step": 10 ** 9, "solver.steps": 3, "solver.samples": 1,
-               "attack.steps": 1, "victim.arch": "small_cnn", "victim.epochs": 4, "victim.batch_size": 32}
+               "attack.steps": 1, "victim.arch": "small_cnn", "victim.epochs": 5, "victim.batch_size": 16}
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
     from ..pipeline import fit_method, regenerate_all
     from ..victims.train import train_victim
 
+    os.environ["SEM_DIST_PROGRESS"] = "0"  # this trial's process only: Tune's status table is the progress view
     trial_id = tune.get_context().get_trial_id()
     _write(f"{settings.storage}/starts/{trial_id}.{time.time_ns()}.json",
            json.dumps({"trial_id": trial_id, "config": config, "time": time.time()}).encode(), settings.s3_endpoint)
