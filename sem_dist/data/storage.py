@@ -27,8 +27,9 @@ class DataError(ValueError):
     """Bad input or an unusable location; the message names the offending item and is safe to show."""
 
 
-# userinfo after any "scheme://", also nested in a source spec such as imagefolder:s3://KEY:SECRET@bucket
-_USERINFO = re.compile(r"(://)[^/?#]*@")
+# userinfo after any "scheme://", also nested in a source spec such as imagefolder:s3://KEY:SECRET@bucket,
+# and also when the secret was not percent-encoded (AWS secrets often hold "/" and "+")
+_USERINFO = re.compile(r"(://)([^/?#]*:[^@]*|[^/?#]*)@")
 # query parameters of signed URLs and token-bearing links
 _SECRET_QUERY = re.compile(r"[?&](x-amz-(signature|credential|security-token)|signature|sig|token|access_token)=",
                            re.IGNORECASE)
