@@ -29,8 +29,11 @@ OUTPUT_FLAGS = {"out": "output", "checkpoint_dir": "checkpoints", "record": "rec
 
 def _job_config_defaults(parser: argparse.ArgumentParser, path: str) -> None:
     """Load a YAML of flag values as the parser's defaults (required flags it sets become optional)."""
-    with open(path, encoding="utf-8") as fh:
-        values = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"{parser.prog}: error: --config {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise SystemExit(f"{parser.prog}: error: --config {path}: expected a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions if a.option_strings}

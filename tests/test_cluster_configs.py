@@ -1,0 +1,101 @@
+"""The cluster configs in cluster/: the AWS launcher YAML against Ray's own autoscaler schema, the KubeRay
+manifests for the keys the operator needs, and every `python jobs/...` command the docs and manifests give
+parsed by the job entry point's own parser (so the documented commands are ones that run)."""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+from sem_dist.data.storage import refuse_credentials
+from sem_dist.distributed import jobs
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+
+
+def load(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((CLUSTER / name).read_text()) if d]
+
+
+def test_aws_launcher_yaml_is_valid_for_ray_and_secure():
+    cfg, = load("aws.yaml")
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(cfg, schema)
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(cfg))  # what `ray up` does before it contacts AWS (provider defaults merged)
+    assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu = [t for name, t in types.items() if name != cfg["head_node_type"] and t["resources"].get("GPU", 0) > 0]
+    assert gpu and all(t["max_workers"] > t.get("min_workers", 0) for t in gpu)  # the GPU group autoscales
+    assert all("IamInstanceProfile" in t["node_config"] for t in gpu)  # S3 through an instance profile
+    assert any("pip install" in c and "sem_dist" in c for c in cfg["setup_commands"])
+    # token auth on every Ray process; dashboard (and with it the job API) on the head's loopback only
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert any("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"])
+    assert "/home/ubuntu/.ray/auth_token" in cfg["file_mounts"]
+    text = (CLUSTER / "aws.yaml").read_text()
+    assert "0.0.0.0" not in text and not re.search(r"AKIA|aws_secret|SecretAccessKey", text, re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifests_carry_what_the_operator_needs(name):
+    docs = load(f"kuberay/{name}")
+    kinds = {d["kind"]: d for d in docs}
+    ray_obj = kinds.get("RayJob") or kinds["RayCluster"]
+    assert ray_obj["apiVersion"] == "ray.io/v1"
+    spec = ray_obj["spec"]
+    if ray_obj["kind"] == "RayJob":
+        assert spec["shutdownAfterJobFinishes"] is True
+        assert spec["entrypoint"].startswith("python jobs/protect.py ")
+        assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"]
+        spec = spec["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token", "secretName": "sem-dist-ray-token"}
+    assert spec["headGroupSpec"]["template"]["spec"]["containers"]
+    group, = spec["workerGroupSpecs"]
+    assert group["maxReplicas"] > group["minReplicas"] >= 0 and group["groupName"]
+    container, = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert all(c["resources"]["limits"]["cpu"] for c in spec["headGroupSpec"]["template"]["spec"]["containers"])
+    assert not any(d["kind"] == "Secret" for d in docs)  # the token is created by kubectl, never committed
+    assert "0.0.0.0" not in (CLUSTER / "kuberay" / name).read_text()
+
+
+def documented_job_commands() -> list[list[str]]:
+    """Every `python jobs/NAME.py ...` command in cluster/README.md, docs/cluster.md and the manifests."""
+    texts = [(CLUSTER / "README.md").read_text(), (REPO / "docs" / "cluster.md").read_text(),
+             load("kuberay/rayjob.yaml")[0]["spec"]["entrypoint"]]
+    commands = []
+    for text in texts:
+        for match in re.finditer(r"python (jobs/\w+\.py(?:[^\n`]|\\\n)*)", text):
+            commands.append(shlex.split(match.group(1).replace("\\\n", " ")))
+    return commands
+
+
+def test_documented_job_commands_parse(tmp_path, monkeypatch):
+    doc = (REPO / "docs" / "cluster.md").read_text()
+    (tmp_path / "eval.yaml").write_text(re.search(r"```yaml\n# eval.yaml\n(.*?)```", doc, re.DOTALL).group(1))
+    monkeypatch.chdir(tmp_path)  # a job's working directory: the documented --config file is there
+    commands = documented_job_commands()
+    assert len(commands) >= 3 and {c[0] for c in commands} >= {"jobs/protect.py", "jobs/evaluate.py"}
+    for cmd in commands:
+        assert (REPO / cmd[0]).is_file()
+        command = Path(cmd[0]).stem
+        if command == "tune" or "--help" in cmd:
+            continue  # `sem-dist tune` is another issue's: until it exists the entry point says so and exits 2
+        args = jobs.parse(command, importlib.import_module(f"sem_dist.commands.{command}"), cmd[1:])
+        for value in vars(args).values():  # no documented URI carries credentials
+            if isinstance(value, str):
+                refuse_credentials(value)
