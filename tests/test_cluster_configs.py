@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -99,3 +100,32 @@ def test_documented_job_commands_parse(tmp_path, monkeypatch):
         for value in vars(args).values():  # no documented URI carries credentials
             if isinstance(value, str):
                 refuse_credentials(value)
+
+
+def test_embedded_ray_requires_the_token(tmp_path):
+    """The Ray that `connect()` starts (--workers N without --address) has token auth on and its dashboard
+    on loopback: the job API refuses a request without the token, and accepts the generated one."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    script = ("import os, ray\nfrom ray._private.worker import get_dashboard_url\n"
+              "from sem_dist.distributed.cluster import connect\n"
+              "connect(num_cpus=1)\nprint(os.environ['RAY_AUTH_MODE'], get_dashboard_url(), flush=True)\n"
+              "input()\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        mode, url = proc.stdout.readline().split()
+        assert mode == "token" and url.startswith("127.0.0.1:")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{url}/api/jobs/", timeout=30)
+        assert refused.value.code == 401
+        token = (tmp_path / ".ray" / "auth_token").read_text().strip()
+        req = urllib.request.Request(f"http://{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+    finally:
+        proc.communicate("\n", timeout=120)

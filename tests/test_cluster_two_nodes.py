@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,9 @@ from sem_dist.data import load_dataset, save_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
-PLANTED = "PLANTED-node-secret-7f3a9c"  # the nodes' AWS secret key: moto accepts any
-TINY = ["--arch", "small_cnn", "--steps", "4", "--checkpoint-every", "2", "--ku", "1", "--samples", "1", "--ka", "1",
+# the nodes' AWS secret key (moto accepts any); made at run time, so this file's uploaded copy can't hold it
+PLANTED = f"planted-{uuid.uuid4().hex}"
+TINY = ["--arch", "small_cnn", "--steps", "2", "--checkpoint-every", "1", "--ku", "1", "--samples", "1", "--ka", "1",
         "--batch-size", "16", "--rho-a", "2/255", "--device", "cpu"]
 
 
@@ -88,14 +90,15 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def _stop(procs: list[subprocess.Popen], root: Path) -> None:
-    for p in reversed(procs):
+    for p in procs:
         try:
             os.killpg(p.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    for p in reversed(procs):
+    deadline = time.monotonic() + 10
+    for p in procs:
         try:
-            p.wait(timeout=15)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
     for pid_dir in Path("/proc").glob("[0-9]*"):  # anything that escaped the groups still names our temp dir
