@@ -105,8 +105,10 @@ def test_documented_job_commands_parse(tmp_path, monkeypatch):
 def test_embedded_ray_requires_the_token(tmp_path):
     """The Ray that `connect()` starts (--workers N without --address) has token auth on and its dashboard
     on loopback: the job API refuses a request without the token, and accepts the generated one."""
+    import shutil
     import subprocess
     import sys
+    import tempfile
     import urllib.error
     import urllib.request
 
@@ -114,7 +116,9 @@ def test_embedded_ray_requires_the_token(tmp_path):
               "from sem_dist.distributed.cluster import connect\n"
               "connect(num_cpus=1)\nprint(os.environ['RAY_AUTH_MODE'], get_dashboard_url(), flush=True)\n"
               "input()\nray.shutdown()\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+    ray_tmp = tempfile.mkdtemp(prefix="sdemb-", dir="/tmp")  # its own, short: Ray's socket paths are limited
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path),
+                                                                              "RAY_TMPDIR": ray_tmp}
     proc = subprocess.Popen([sys.executable, "-c", script],
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -128,4 +132,8 @@ def test_embedded_ray_requires_the_token(tmp_path):
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 200
     finally:
-        proc.communicate("\n", timeout=120)
+        try:
+            proc.communicate("\n", timeout=120)  # ray.shutdown() stops what it started
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
