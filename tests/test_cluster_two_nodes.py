@@ -54,7 +54,7 @@ def free_ports(n: int) -> list[int]:
 class TwoNodes:
     root: Path  # both nodes' temp dirs and the token live under here
     dashboard: str  # http://127.0.0.1:PORT, the job-submission endpoint
-    client_env: dict  # what a user's shell holds: token auth on, the token file, nothing else of Ray's
+    client_env: dict  # a user's shell: token auth on, the token file, AWS credentials
     token: str
     node_dirs: dict  # node id -> that node's temp dir
 
@@ -128,7 +128,9 @@ def two_nodes(moto_endpoint):
                              str(rt_env), "--metrics-export-port", str(metrics), "--num-cpus", "1",
                              "--resources", '{"sem_head": 1}', "--temp-dir", str(root / "head")],
                             node_env, root / "head.log"))
-        nodes = TwoNodes(root, f"http://127.0.0.1:{dash}", env, token, {})
+        # the submitting user's shell holds AWS credentials too: `ray job submit` must not carry them anywhere
+        client_env = {**env, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": PLANTED}
+        nodes = TwoNodes(root, f"http://127.0.0.1:{dash}", client_env, token, {})
         _wait(lambda: len(_alive(nodes)) == 1, procs, root)
         agent, agent_grpc, rt_env, metrics = free_ports(4)
         procs.append(_start(["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(agent),
