@@ -1,6 +1,7 @@
-"""The cluster configs in cluster/: the AWS launcher YAML against Ray's own autoscaler schema, the KubeRay
-manifests for the keys the operator needs, and every `python jobs/...` command the docs and manifests give
-parsed by the job entry point's own parser (so the documented commands are ones that run)."""
+"""The cluster configs in cluster/ and the job entry points: the AWS launcher YAML against Ray's own
+autoscaler schema, the KubeRay manifests for the keys the operator needs, every `python jobs/...` command the
+docs and manifests give parsed by the entry point's own parser, the entry points' errors, and token auth on
+the embedded Ray."""
 from __future__ import annotations
 
 import importlib
@@ -137,3 +138,29 @@ def test_embedded_ray_requires_the_token(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_job_entry_points_flags_config_and_errors(tmp_path, capsys):
+    """The entry points' own behaviour, without a cluster: a job YAML of flags under command-line flags,
+    one-line errors (credentials in a URI, a bad YAML value), and the hook for a command not built yet."""
+    evaluate = importlib.import_module("sem_dist.commands.evaluate")
+    (tmp_path / "eval.yaml").write_text("train: s3://b/prot\ntest: s3://b/test\narch: small_cnn\nseeds: 0,6178\n"
+                                        "adv-rho: 4/255\njson: true\n")
+    args = jobs.parse("evaluate", evaluate, ["--config", str(tmp_path / "eval.yaml"), "--arch", "vgg16"])
+    assert (args.train, args.test, args.arch, args.seeds, args.json) == ("s3://b/prot", "s3://b/test", "vgg16",
+                                                                         [0, 6178], True)
+    assert args.adv_rho == pytest.approx(4 / 255)
+    (tmp_path / "bad.yaml").write_text("train: x\ntest: y\nseeds: a,b\n")
+    with pytest.raises(SystemExit) as bad:
+        jobs.parse("evaluate", evaluate, ["--config", str(tmp_path / "bad.yaml")])
+    assert bad.value.code == 2 and "seeds" in capsys.readouterr().err.splitlines()[-1]
+
+    secret = "s3cr3t/+value"
+    code = jobs.main("protect", ["--data", f"s3://AKIAKEY:{secret}@bucket/d", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.count("\n") == 1 and err.startswith("jobs/protect.py: error: --data s3://bucket/d: ")
+    assert secret not in out + err and "AKIAKEY" not in out + err and not (tmp_path / "out").exists()
+
+    assert jobs.main("not_built_yet", []) == 2
+    assert capsys.readouterr().err == "jobs/not_built_yet.py: error: `sem-dist not_built_yet` is not built yet in " \
+                                      "this version of sem_dist\n"

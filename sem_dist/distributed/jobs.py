@@ -33,20 +33,21 @@ def _job_config_defaults(parser: argparse.ArgumentParser, path: str) -> None:
         with open(path, encoding="utf-8") as fh:
             values = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"{parser.prog}: error: --config {path}: {str(exc).splitlines()[0]}") from None
+        parser.error(f"--config {path}: {str(exc).splitlines()[0]}")
     if not isinstance(values, dict):
-        raise SystemExit(f"{parser.prog}: error: --config {path}: expected a mapping of flag names to values")
+        parser.error(f"--config {path}: expected a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     defaults = {}
     for key, value in values.items():
         dest = str(key).lstrip("-").replace("-", "_")
         if dest not in actions or dest in ("help", "config"):
-            raise SystemExit(f"{parser.prog}: error: --config {path}: unknown flag {key!r}")
+            parser.error(f"--config {path}: unknown flag {key!r}")
         action = actions[dest]
-        if action.type is not None and isinstance(value, str):  # the flag's own parser (e.g. 8/255, seed lists)
-            value = action.type(value)
-        elif action.type is not None and not isinstance(value, (list, bool)):
-            value = action.type(str(value))
+        if action.type is not None and not isinstance(value, (list, bool)):  # the flag's own parser (8/255, 0,1)
+            try:
+                value = action.type(str(value))
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+                parser.error(f"--config {path}: {key}: {exc}")
         action.required = False
         defaults[dest] = value
     parser.set_defaults(**defaults)
