@@ -141,6 +141,21 @@ def test_s3_profile_flag(tmp_path, cli, s3_env, tiny_digits, monkeypatch):
     assert code == 0, err
     assert json.loads((tmp_path / "png" / "export.json").read_text())["count"] == 20
 
+    # Ray Train's checkpoint storage with the profile: only the name travels in what Ray ships to workers
+    import pickle
+
+    from sem_dist.distributed.storage import run_exists, storage_for
+
+    path, fs = storage_for(f"s3://{bucket}/ckpt", None, "sem")
+    blob = pickle.dumps(fs)
+    assert S3_SECRET.encode() not in blob and S3_KEY.encode() not in blob and b"sem" in blob
+    fs = pickle.loads(blob)
+    with fs.open_output_stream(f"{path}/generator/state.bin") as fh:
+        fh.write(b"checkpoint")
+    assert run_exists(path, fs, "generator") and not run_exists(path, fs, "other")
+    assert boto3.client("s3", aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET).get_object(
+        Bucket=bucket, Key="ckpt/generator/state.bin")["Body"].read() == b"checkpoint"
+
 
 @pytest.fixture
 def denying_server(monkeypatch, tmp_path):
