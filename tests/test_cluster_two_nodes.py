@@ -69,7 +69,7 @@ class TwoNodes:
         """The documented command: ``ray job submit --address … --working-dir . -- python jobs/…``."""
         return subprocess.run([RAY, "job", "submit", "--address", self.dashboard, "--working-dir", ".", "--",
                                "python", *entrypoint], cwd=REPO, env=env or self.client_env, capture_output=True,
-                              text=True, timeout=240)
+                              text=True, timeout=900)
 
 
 def _ray_env(root: Path, moto: str) -> dict:
@@ -77,8 +77,11 @@ def _ray_env(root: Path, moto: str) -> dict:
            if not k.startswith(("RAY_", "AWS_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # no PYTHONPATH: the nodes import sem_dist from each job's working_dir, as on a real cluster
     # `python` in a job's entrypoint is the nodes' Python, as in a cluster's image
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(root / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "home/.ray/auth_token"),
-               RAY_USAGE_STATS_ENABLED="0", SEM_DIST_PROGRESS="0")
+    # token auth as docs/cluster.md sets it up: RAY_AUTH_MODE=token and the token in ~/.ray/auth_token
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(root / "home"),
+               RAY_AUTH_MODE="token",
+               RAY_USAGE_STATS_ENABLED="0", SEM_DIST_PROGRESS="0",
+               RAY_raylet_start_wait_time_s="300")  # a busy CI machine starts raylets slowly
     return env
 
 
@@ -114,8 +117,7 @@ def two_nodes(moto_endpoint):
     root = Path(tempfile.mkdtemp(prefix="sdray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     (root / "home").mkdir()
     env = _ray_env(root, moto_endpoint)
-    generate = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}  # writes $HOME/.ray/auth_token
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=generate, check=True, capture_output=True, timeout=60)
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     token = (root / "home/.ray/auth_token").read_text().strip()
     node_env = {**env, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": PLANTED,
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}
@@ -152,7 +154,7 @@ def _alive(nodes: TwoNodes) -> list[dict]:
     return [n for n in nodes.get("/api/v0/nodes")["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
 
-def _wait(ready, procs: list[subprocess.Popen], root: Path, timeout: float = 120) -> None:
+def _wait(ready, procs: list[subprocess.Popen], root: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
