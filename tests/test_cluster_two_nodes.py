@@ -81,7 +81,9 @@ def _ray_env(root: Path, moto: str) -> dict:
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(root / "home"),
                RAY_AUTH_MODE="token",
                RAY_USAGE_STATS_ENABLED="0", SEM_DIST_PROGRESS="0",
-               RAY_raylet_start_wait_time_s="300")  # a busy CI machine starts raylets slowly
+               # a busy machine starts Ray's processes slowly: wait for them instead of aborting
+               RAY_raylet_start_wait_time_s="300", RAY_gcs_server_port_wait_time_s="300",
+               RAY_agent_register_timeout_ms="300000")
     return env
 
 
