@@ -35,20 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def refuse_credentials_in(args: argparse.Namespace) -> None:
+    """Refuse every argument that is a URI with credentials, before anything shows, stores or ships it."""
+    from .data.storage import refuse_credentials
+
+    for dest, value in vars(args).items():
+        if isinstance(value, str):
+            refuse_credentials(value, f"--{dest.replace('_', '-')}")
+
+
+def run_command(prog: str, run, args: argparse.Namespace) -> int:
+    """``run(args)`` with the CLI's failure contract: one line ``PROG: error: MESSAGE`` on stderr, exit 1."""
     try:
-        return int(args._run(args) or 0)
+        refuse_credentials_in(args)
+        return int(run(args) or 0)
     except KeyboardInterrupt:
-        print(f"sem-dist {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; SEM_DIST_DEBUG=1 shows the traceback
         if os.environ.get("SEM_DIST_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"sem-dist {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(f"sem-dist {args.command}", args._run, args)
 
 
 if __name__ == "__main__":

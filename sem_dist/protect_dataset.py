@@ -158,7 +158,8 @@ def protect(req: ProtectRequest) -> Manifest:
         from .distributed.train import RayTrainOptions, fit_method_distributed
 
         opts = RayTrainOptions(workers=req.workers, gpus_per_worker=req.gpus_per_worker, resume=req.resume,
-                               storage=req.checkpoint_dir or str(ckpt), s3_endpoint=req.storage.s3_endpoint)
+                               storage=req.checkpoint_dir or str(ckpt), s3_endpoint=req.storage.s3_endpoint,
+                               s3_profile=req.storage.s3_profile)
         method, train_metrics = fit_method_distributed(cfg, data, device, opts, req.address)
     else:
         method = fit_method(cfg, data, device, checkpoint_dir=ckpt, resume=req.resume)

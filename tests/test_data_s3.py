@@ -7,14 +7,14 @@ import urllib.request
 import boto3
 import numpy as np
 import pytest
-from conftest import S3_SECRET, start_moto_server
+from conftest import S3_KEY, S3_SECRET, start_moto_server
 from PIL import Image
 
 from sem_dist.data import load_dataset, save_dataset
 
 TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "2", "--samples", "1", "--ka", "1", "--batch-size", "16",
         "--rho-a", "2/255", "--device", "cpu"]
-URI_KEY, URI_SECRET = "AKIAURIKEY", "uri/secret+value"  # given in the URI, percent-encoded below
+URI_KEY, URI_SECRET = "AKIAURIKEY", "uri/secret+value"  # offered in a URI, percent-encoded below: refused
 URI_CREDS = f"{URI_KEY}:{URI_SECRET.replace('/', '%2F').replace('+', '%2B')}"
 
 
@@ -42,11 +42,10 @@ def test_convert_protect_export_round_trip_in_s3(tmp_path, cli, s3_env, tiny_dig
     train, _ = tiny_digits
     save_dataset(train, str(tmp_path / "local"), shard_rows=16)
 
-    # credentials in the URI are used, and recorded nowhere
-    code, out, err = cli("convert", tmp_path / "local", f"s3://{URI_CREDS}@{bucket}/data")
+    code, out, err = cli("convert", tmp_path / "local", f"s3://{bucket}/data")
     assert code == 0, err
     assert_no_secrets(out, err)
-    code, out, err = cli("protect", "--data", f"s3://{URI_CREDS}@{bucket}/data", "--out", f"s3://{bucket}/prot",
+    code, out, err = cli("protect", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/prot",
                          *TINY, "--keep-noise")
     assert code == 0, err
     assert_no_secrets(out, err)
@@ -92,11 +91,70 @@ def test_s3_missing_bucket_prefix_and_nesting(tmp_path, cli, s3_env, tiny_digits
     assert code == 1 and f"s3://{bucket}/missing" in error_line(err) and "no such dataset" in err
     save_dataset(tiny_digits[1], str(tmp_path / "local"))
     assert cli("convert", tmp_path / "local", f"s3://{bucket}/d")[0] == 0
-    code, _, err = cli("protect", "--data", f"s3://{URI_CREDS}@{bucket}/d", "--out", f"s3://{bucket}/d/prot", *TINY)
+    code, _, err = cli("protect", "--data", f"s3://{bucket}/d", "--out", f"s3://{bucket}/d/prot", *TINY)
     assert code == 1 and "inside" in error_line(err)
     code, _, err = cli("convert", tmp_path / "local", f"s3://{bucket}/d")
     assert code == 1 and "already holds a complete dataset" in error_line(err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("uri", [f"s3://{URI_CREDS}@BUCKET/data", f"s3a://{URI_KEY}@BUCKET/data",
+                                 f"https://user:{URI_CREDS.split(':')[1]}@example.org/data",
+                                 f"s3://{URI_KEY}:{URI_SECRET}@BUCKET/data",  # not percent-encoded
+                                 f"imagefolder:s3://{URI_CREDS}@BUCKET/imgs",
+                                 f"s3://BUCKET/data?X-Amz-Credential={URI_KEY}&X-Amz-Signature={URI_SECRET}"])
+def test_credentials_in_a_uri_are_refused(tmp_path, cli, s3_env, uri):
+    """Refused before anything is read or written, in every command and flag, naming the supported ways."""
+    _, bucket = s3_env
+    uri = uri.replace("BUCKET", bucket)
+    for args in (("convert", uri, tmp_path / "out"), ("convert", "digits", uri),
+                 ("protect", "--data", f"s3://{bucket}/d", "--out", uri, *TINY),
+                 ("protect", "--data", f"s3://{bucket}/d", "--out", tmp_path / "out", "--checkpoint-dir", uri),
+                 ("evaluate", "--train", uri, "--test", tmp_path / "t"),
+                 ("export", f"s3://{bucket}/d", tmp_path / "png", "--s3-endpoint", uri)):
+        code, out, err = cli(*args)
+        line = error_line(err)
+        assert code == 1 and "credentials in a URI are refused" in line, err
+        assert "--s3-profile" in line and "AWS_PROFILE" in line and "IRSA" in line
+        assert_no_secrets(out, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "png").exists()
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=bucket)
+
+
+def test_s3_profile_flag(tmp_path, cli, s3_env, tiny_digits, monkeypatch):
+    """With no credentials in the environment, --s3-profile NAME reads them from the shared files
+    (only the name is given on the command line); an unknown profile is a one-line error."""
+    _, bucket = s3_env
+    (tmp_path / "credentials").write_text(f"[sem]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    save_dataset(tiny_digits[1], str(tmp_path / "local"))
+    code, _, err = cli("convert", tmp_path / "local", f"s3://{bucket}/t")
+    assert code == 1 and "no usable credentials" in error_line(err) and "--s3-profile" in err
+    code, out, err = cli("convert", tmp_path / "local", f"s3://{bucket}/t", "--s3-profile", "sem")
+    assert code == 0, err
+    assert_no_secrets(out, err)
+    code, _, err = cli("export", f"s3://{bucket}/t", tmp_path / "png", "--s3-profile", "nope")
+    assert code == 1 and "no usable credentials (ProfileNotFound)" in error_line(err)
+    code, _, err = cli("export", f"s3://{bucket}/t", tmp_path / "png", "--s3-profile", "sem")
+    assert code == 0, err
+    assert json.loads((tmp_path / "png" / "export.json").read_text())["count"] == 20
+
+    # Ray Train's checkpoint storage with the profile: only the name travels in what Ray ships to workers
+    import pickle
+
+    from sem_dist.distributed.storage import run_exists, storage_for
+
+    path, fs = storage_for(f"s3://{bucket}/ckpt", None, "sem")
+    blob = pickle.dumps(fs)
+    assert S3_SECRET.encode() not in blob and S3_KEY.encode() not in blob and b"sem" in blob
+    fs = pickle.loads(blob)
+    with fs.open_output_stream(f"{path}/generator/state.bin") as fh:
+        fh.write(b"checkpoint")
+    assert run_exists(path, fs, "generator") and not run_exists(path, fs, "other")
+    assert boto3.client("s3", aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET).get_object(
+        Bucket=bucket, Key="ckpt/generator/state.bin")["Body"].read() == b"checkpoint"
 
 
 @pytest.fixture

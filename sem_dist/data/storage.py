@@ -1,20 +1,23 @@
 """Where datasets live: a filesystem and a path, built from a URI (local path, ``file://``, ``s3://``,
 or any other fsspec protocol).
 
-Credentials come from the standard AWS chain (env vars, shared config, instance role) or from the URI's
-userinfo (``s3://KEY:SECRET@bucket/prefix``, percent-encoded). A custom S3 endpoint comes from
-``--s3-endpoint`` or ``AWS_ENDPOINT_URL[_S3]``. Whatever the URI held, only :func:`redact_uri`'s form of
-it is ever shown or recorded, so no key, token or signed query string reaches output, logs or manifests.
+Credentials come from the standard AWS chain only: environment variables, a named profile
+(``AWS_PROFILE`` or ``--s3-profile NAME``), an instance profile or a pod role (IRSA). A URI carrying
+credentials (``s3://KEY:SECRET@bucket``, any scheme) is refused (:func:`refuse_credentials`): a URI is
+echoed by shells, stored by Ray (job entrypoints, Train storage paths) and written into manifests, so a
+secret in it would leak. A custom S3 endpoint comes from ``--s3-endpoint`` or ``AWS_ENDPOINT_URL[_S3]``.
+Only :func:`redact_uri`'s form of a URI is ever shown or recorded.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Iterator
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -24,13 +27,30 @@ class DataError(ValueError):
     """Bad input or an unusable location; the message names the offending item and is safe to show."""
 
 
+# userinfo after any "scheme://", also nested in a source spec such as imagefolder:s3://KEY:SECRET@bucket,
+# and also when the secret was not percent-encoded (AWS secrets often hold "/" and "+")
+_USERINFO = re.compile(r"(://)([^/?#]*:[^@]*|[^/?#]*)@")
+# query parameters of signed URLs and token-bearing links
+_SECRET_QUERY = re.compile(r"[?&](x-amz-(signature|credential|security-token)|signature|sig|token|access_token)=",
+                           re.IGNORECASE)
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without userinfo, query string or fragment (they may carry keys, tokens or signatures)."""
-    if "://" not in uri:
-        return uri.split("?", 1)[0].split("#", 1)[0]
-    parts = urlsplit(uri)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return _USERINFO.sub(r"\1", uri.split("?", 1)[0].split("#", 1)[0])
+
+
+CREDENTIAL_SOURCES = ("environment variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), an AWS profile "
+                      "(AWS_PROFILE or --s3-profile NAME), or an instance profile / IRSA pod role")
+
+
+def refuse_credentials(uri: str, what: str = "URI") -> str:
+    """``uri`` unchanged when it carries no userinfo or signed-URL query; else a one-line :class:`DataError`
+    (showing only the redacted URI) that names the supported ways to give credentials."""
+    if _USERINFO.search(uri.split("?", 1)[0]) or _SECRET_QUERY.search(uri):
+        raise DataError(f"{what} {redact_uri(uri)}: credentials in a URI are refused (a URI ends up in logs, "
+                        f"manifests and Ray's job and checkpoint records); use {CREDENTIAL_SOURCES}")
+    return uri
 
 
 def split_options(uri: str) -> tuple[str, str]:
@@ -41,9 +61,14 @@ def split_options(uri: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class StorageOptions:
-    """How to reach object storage; never holds secrets given on the command line (they go in the URI)."""
+    """How to reach object storage: where, and which named AWS profile; never a secret."""
 
     s3_endpoint: str | None = None
+    s3_profile: str | None = None  # a profile in ~/.aws/config of every node that opens the location
+
+    def __post_init__(self) -> None:
+        if self.s3_endpoint:
+            refuse_credentials(self.s3_endpoint, "--s3-endpoint")
 
     def endpoint(self) -> str | None:
         return self.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -146,22 +171,19 @@ def open_location(uri: str, storage: StorageOptions | None = None) -> Location:
     display = redact_uri(uri)
     if "?" in uri:
         raise DataError(f"{display}: unexpected query string in a storage location")
+    refuse_credentials(uri)
     options: dict = {}
     target = uri
     if "://" in uri:
         parts = urlsplit(uri)
-        userinfo, _, host = parts.netloc.rpartition("@")
         if parts.scheme in ("s3", "s3a"):
-            if userinfo:
-                key, _, secret = userinfo.partition(":")
-                options.update(key=unquote(key), secret=unquote(secret))
             if storage.endpoint():
                 options["endpoint_url"] = storage.endpoint()
+            if storage.s3_profile:
+                options["profile"] = storage.s3_profile
             # listings change under us while we write; a stale cache would hide or resurrect shards
             options.update(use_listings_cache=False, skip_instance_cache=True)
-        elif userinfo:
-            raise DataError(f"{display}: credentials in the URI are only supported for s3://")
-        target = urlunsplit(("s3" if parts.scheme == "s3a" else parts.scheme, host, parts.path, "", ""))
+        target = urlunsplit(("s3" if parts.scheme == "s3a" else parts.scheme, parts.netloc, parts.path, "", ""))
     try:
         fs, path = fsspec.core.url_to_fs(target, **options)
     except (ImportError, ValueError) as exc:
@@ -182,6 +204,9 @@ def storage_errors(loc: Location) -> Iterator[None]:
     except PermissionError:
         raise DataError(f"{loc.display}: access denied (check the credentials and permissions in use)") from None
     except Exception as exc:  # botocore's credential/endpoint errors and the like: name the class, not the text
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
+            raise DataError(f"{loc.display}: no usable credentials ({type(exc).__name__}); "
+                            f"use {CREDENTIAL_SOURCES}") from None
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "aiohttp"):
             raise DataError(f"{loc.display}: storage error ({type(exc).__name__})") from None
         raise

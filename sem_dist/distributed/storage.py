@@ -10,15 +10,23 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-def storage_for(uri: str, endpoint: str | None = None):
-    """``(storage_path, storage_filesystem)`` for ``RunConfig``."""
-    parsed = urlparse(uri)
+def storage_for(uri: str, endpoint: str | None = None, profile: str | None = None):
+    """``(storage_path, storage_filesystem)`` for ``RunConfig``. ``profile`` names an AWS profile that every
+    node resolves itself: only its name travels with the filesystem object."""
+    from ..data.storage import refuse_credentials
+
+    parsed = urlparse(refuse_credentials(uri, "--checkpoint-dir"))
     if parsed.scheme in ("", "file"):
         return str(Path(parsed.path if parsed.scheme else uri).expanduser().resolve()), None
     if parsed.scheme != "s3":
         raise ValueError(f"checkpoint storage must be a local path or s3://bucket/prefix, not {parsed.scheme}://")
     import pyarrow.fs
 
+    if profile:  # pyarrow's S3 client takes no profile name; s3fs does, wrapped as a pyarrow filesystem
+        from ..data.storage import StorageOptions, open_location
+
+        loc = open_location(f"s3://{parsed.netloc}{parsed.path}", StorageOptions(endpoint, profile))
+        return loc.path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
     endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {}
     if endpoint:

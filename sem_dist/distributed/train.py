@@ -35,6 +35,7 @@ class RayTrainOptions:
     resume: bool = False
     max_failures: int = 2  # worker restarts (from the latest checkpoint) before the run fails
     s3_endpoint: str | None = None
+    s3_profile: str | None = None  # a profile name each node resolves; never a secret
     log_every_s: float = 15.0
 
 
@@ -105,7 +106,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
         if have < opts.workers * opts.gpus_per_worker:
             raise ValueError(f"--workers {opts.workers} × --gpus-per-worker {opts.gpus_per_worker:g} needs "
                              f"{opts.workers * opts.gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
-    storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint)
+    storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint, opts.s3_profile)
     if not opts.resume and run_exists(storage_path, filesystem, opts.name):
         raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
                               "pass --resume to continue it or choose another name")
