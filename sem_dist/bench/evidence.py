@@ -49,8 +49,9 @@ def levels(rho: float) -> int:
 
 
 def generator_config(method: str, steps: int, rho_u: float, rho_a: float = 4 / 255, rho_r: float | None = None,
-                     seed: int = 0) -> ProtectConfig:
-    overrides = dict(SCALE, **{"trainer.steps": steps, "budget.rho_u": rho_u, "seed": seed})
+                     seed: int = 0, extra: dict | None = None) -> ProtectConfig:
+    """The CPU-scale configuration of ``method``; ``extra`` holds further dotted overrides."""
+    overrides = dict(SCALE, **{"trainer.steps": steps, "budget.rho_u": rho_u, "seed": seed}, **(extra or {}))
     if method != "em":  # EM's YAML has ρ_a = 0 and no inner perturbation: it has no ρ_a to set
         overrides.update({"budget.rho_a": rho_a, "budget.rho_r": rho_r})
     cfg = resolve_config(method, 32, overrides={k: v for k, v in overrides.items() if k != "seed"})
@@ -129,12 +130,13 @@ def fig5(rho_u: float, at_steps: Sequence[int], radii: Sequence[float], victim: 
 
 def protect_and_score(method: str, steps: int, rho_u: float, radii: Sequence[float], victim: VictimConfig,
                       train: ArrayDataset, test: ArrayDataset, *, rho_a: float = 4 / 255,
-                      rho_r: float | None = None, experiment: str = "methods") -> dict:
+                      rho_r: float | None = None, experiment: str = "methods", extra: dict | None = None) -> dict:
     """Algorithm 1 + 4 for one method and configuration, then the victims."""
-    cfg = generator_config(method, steps, rho_u, rho_a, rho_r)
+    cfg = generator_config(method, steps, rho_u, rho_a, rho_r, extra=extra)
     protected, timing = protect_arrays(cfg, train, CPU)
     return {"experiment": experiment, "method": method, "rho_u": levels(rho_u),
             "gen_rho_a": levels(cfg.budget.rho_a), "gen_rho_r": levels(cfg.budget.rho_random), "M": steps,
+            "lr_step": cfg.trainer.lr_step,
             "noise": noise_summary(protected.noise, train.labels, rho_u),
             "victims": victim_accuracies(protected, test, radii, victim), "generation_s": sum(timing.values())}
 
