@@ -142,17 +142,18 @@ def protect_and_score(method: str, steps: int, rho_u: float, radii: Sequence[flo
 
 
 def plan(quick: bool) -> dict:
+    """The grid: fig5 as (ρ_u, snapshot steps); methods as (name, ρ_u) at one M; the learning-rate probe as
+    (ρ_u, M, lr_step); generator radii as (ρ_u, M, generator ρ_a, ρ_r) in grey levels."""
     if quick:
         return {"victim": dataclasses.replace(VICTIM, steps=60), "radii": [0.0, 4 / 255],
-                "fig5": {"rho_u": [16 / 255], "at_steps": [5, 20], "robustness": None},
-                "methods": {"names": ["em", "sem"], "steps": 20, "rho_u": [16 / 255]},
-                "generator_radii": []}
+                "fig5": [(16 / 255, [5, 20])], "robustness": None,
+                "methods": [("em", 16 / 255)], "methods_steps": 20, "lr_decay": [], "generator_radii": []}
     return {"victim": VICTIM, "radii": [0.0, 2 / 255, 4 / 255],
-            "fig5": {"rho_u": [8 / 255, 16 / 255], "at_steps": [25, 50, 100, 200],
-                     "robustness": {"theta_steps": 4, "delta_steps": 60}},
-            "methods": {"names": ["em", "rem"], "steps": 100, "rho_u": [8 / 255, 16 / 255]},
-            # (generator ρ_a, ρ_r) in grey levels at ρ_u = 16/255, M = 100; (4, 4) is fig5's M = 100 row
-            "generator_radii": [(2, 2), (4, 0), (4, 8), (8, 8)]}
+            "fig5": [(8 / 255, [25, 50, 100, 200]), (16 / 255, [25, 100, 200, 300])],
+            "robustness": {"theta_steps": 4, "delta_steps": 40},
+            "methods": [("em", 8 / 255), ("rem", 8 / 255), ("em", 16 / 255)], "methods_steps": 100,
+            "lr_decay": [(16 / 255, 100, 40)],  # ×0.1 at 40 % and 80 % of M, the official schedule's shape
+            "generator_radii": [(16 / 255, 100, 8, 8)]}
 
 
 def run(quick: bool = False, verbose: bool = True) -> dict:
@@ -162,26 +163,21 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
     train, test = load_digits("train"), load_digits("test")
     victim, radii = p["victim"], p["radii"]
 
-    def log(cell: dict) -> None:
+    def log(cell: dict) -> dict:
         if verbose:
             print("cell " + json.dumps(cell, sort_keys=True), flush=True)
+        return cell
 
-    clean = {"experiment": "clean", "victims": victim_accuracies(train, test, radii, victim)}
-    log(clean)
+    clean = log({"experiment": "clean", "victims": victim_accuracies(train, test, radii, victim)})
     curves = []
-    for rho_u in p["fig5"]["rho_u"]:
-        curves += fig5(rho_u, p["fig5"]["at_steps"], radii, victim, train, test,
-                       robustness=p["fig5"]["robustness"], log=log)
-    methods = []
-    for rho_u in p["methods"]["rho_u"]:
-        for name in p["methods"]["names"]:
-            methods.append(protect_and_score(name, p["methods"]["steps"], rho_u, radii, victim, train, test))
-            log(methods[-1])
-    gen_radii = []
-    for a, r in p["generator_radii"]:
-        gen_radii.append(protect_and_score("sem", p["methods"]["steps"], 16 / 255, radii, victim, train, test,
-                                           rho_a=a / 255, rho_r=r / 255, experiment="generator_radii"))
-        log(gen_radii[-1])
+    for rho_u, at_steps in p["fig5"]:
+        curves += fig5(rho_u, at_steps, radii, victim, train, test, robustness=p["robustness"], log=log)
+    m = p["methods_steps"]
+    methods = [log(protect_and_score(name, m, rho_u, radii, victim, train, test)) for name, rho_u in p["methods"]]
+    methods += [log(protect_and_score("sem", steps, rho_u, radii, victim, train, test, experiment="lr_decay",
+                                      extra={"trainer.lr_step": lr_step})) for rho_u, steps, lr_step in p["lr_decay"]]
+    gen_radii = [log(protect_and_score("sem", steps, rho_u, radii, victim, train, test, rho_a=a / 255, rho_r=r / 255,
+                                       experiment="generator_radii")) for rho_u, steps, a, r in p["generator_radii"]]
     return {"bench": "evidence", "quick": quick, "data": "digits (1437 train / 360 test, 32x32x1)",
             "scale": {"generator": SCALE, "victim": dataclasses.asdict(victim)},
             "clean": clean["victims"], "fig5": curves, "methods": methods, "generator_radii": gen_radii,
