@@ -26,12 +26,17 @@ TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "2", "--samples", "1", "-
 WT = str(Path(__file__).resolve().parents[1])
 
 
+def s3_keys(bucket: str, prefix: str) -> list[str]:
+    import boto3
+
+    return [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
 def s3_objects(bucket: str, prefix: str) -> dict[str, bytes]:
     import boto3
 
     s3 = boto3.client("s3")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-    return {k[len(prefix):]: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    return {k[len(prefix):]: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in s3_keys(bucket, prefix)}
 
 
 def shard_ids(objects: dict[str, bytes]) -> list[str]:
@@ -76,7 +81,7 @@ def test_killed_regeneration_resumes_every_id_once(ray_cluster, s3_env, cli, dig
     save_dataset(data, f"s3://{bucket}/data", shard_rows=10)
     # in-process reference; its Algorithm-1 checkpoint (generator.pt) is the saved generator
     code, _, err = cli("protect", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/ref", *TINY,
-                       "--ku", "10", "--samples", "5", "--checkpoint-dir", tmp_path / "ckpt")
+                       "--ku", "5", "--samples", "4", "--checkpoint-dir", tmp_path / "ckpt")
     assert code == 0, err
     cmd = [sys.executable, "-m", "sem_dist", "regenerate", "--generator", str(tmp_path / "ckpt" / "generator.pt"),
            "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/out", "--regen-actors", "1"]
@@ -86,7 +91,7 @@ def test_killed_regeneration_resumes_every_id_once(ray_cluster, s3_env, cli, dig
         first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and first.poll() is None:
-            if any(k.startswith("_staging/done/") for k in s3_objects(bucket, "out/")):
+            if s3_keys(bucket, "out/_staging/done/"):
                 break
             time.sleep(0.1)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from . import alg1, train_scaling
+from . import alg1, regen, train_scaling
 
-BENCHES = {"alg1": alg1, "train-scaling": train_scaling}
+BENCHES = {"alg1": alg1, "regen": regen, "train-scaling": train_scaling}
 
 
 def main(argv: list[str] | None = None) -> int:
