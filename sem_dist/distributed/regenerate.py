@@ -10,7 +10,6 @@ comes back. Pixels, noise and tensors exist only inside the actors.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -28,6 +27,7 @@ class RayRegenOptions:
     cpus_per_actor: float = 1.0
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     progress: bool = True  # Ray Data's progress bars
+    resource_timeout_s: float = 600.0  # how long a real cluster's autoscaler gets to add the actors' resources
 
 
 class UnitRegenerator:
@@ -63,34 +63,24 @@ class UnitRegenerator:
         return {"result": results, "error": errors, "bad_record": bad}
 
 
-def _check_resources(opts: RayRegenOptions, embedded: bool) -> None:
-    """An embedded cluster never grows: a GPU request it cannot meet fails now instead of waiting forever."""
-    import ray
-
-    if embedded and opts.gpus_per_actor > 0:
-        have = ray.cluster_resources().get("GPU", 0)
-        if have < opts.gpus_per_actor:
-            raise ValueError(f"--gpus-per-worker {opts.gpus_per_actor:g} for regeneration actors needs "
-                             f"{opts.gpus_per_actor:g} GPU(s) per actor; this machine's Ray has {have:g}")
-
-
 def regenerate_ray(job: RegenJob, pending: list[int], opts: RayRegenOptions) -> Iterator[UnitResult]:
     """Run the ``pending`` units on a pool of ``opts.actors`` actors; yields each result as it finishes."""
     import ray
     import ray.data
 
     from .cluster import connect
+    from .resources import wait_for_resources
 
     if not pending:
         return
-    embedded = not (opts.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
     connect(opts.address)
-    _check_resources(opts, embedded)
+    gpus = opts.gpus_per_actor
+    actors = max(1, min(opts.actors, len(pending)))
+    wait_for_resources(actors * opts.cpus_per_actor, actors * gpus, f"{actors} regeneration actor(s)",
+                       opts.resource_timeout_s, units=actors)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = opts.progress
-    gpus = opts.gpus_per_actor
     job = dataclasses.replace(job, device="cuda" if gpus > 0 else "cpu")
-    actors = max(1, min(opts.actors, len(pending)))
     units = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
     out = units.map_batches(
         UnitRegenerator, fn_constructor_kwargs={"job": dataclasses.asdict(job)},

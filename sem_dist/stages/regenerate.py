@@ -164,14 +164,17 @@ def _units(method, inp, staging, done, device, keep_noise, on_bad_record, shard_
                                                      on_bad_record)
         return
     policy = BadRecordPolicy(on_bad_record)
-    seen = 0
-    for i, chunk in enumerate(shards_of(inp.split, policy, shard_rows)):
-        skipped, seen = policy.skipped[seen:], len(policy.skipped)  # those met while reading this unit
-        if i in done:
-            yield done[i]
-            continue
-        t0 = time.perf_counter()
-        info, stats = protect_chunk(method, chunk, device, staging, i, keep_noise)
-        result = UnitResult(i, info, stats, skipped, time.perf_counter() - t0)
-        Ledger(staging).record(result)
-        yield result
+    chunks = iter(shards_of(inp.split, policy, shard_rows))
+    chunk, index, seen = next(chunks, None), 0, 0
+    while chunk is not None:
+        following = next(chunks, None)  # read ahead, so bad records after the last full unit are counted
+        skipped, seen = policy.skipped[seen:], len(policy.skipped)
+        if index in done:
+            yield done[index]
+        else:
+            t0 = time.perf_counter()
+            info, stats = protect_chunk(method, chunk, device, staging, index, keep_noise)
+            result = UnitResult(index, info, stats, skipped, time.perf_counter() - t0)
+            Ledger(staging).record(result)
+            yield result
+        chunk, index = following, index + 1
