@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +48,15 @@ class Engine:
     regen_actors: int | None = None
     gpus_per_worker: float = 0.0
     address: str | None = None
+    implied: bool = False  # Ray Data only because --workers/--address were given: may fall back in-process
 
     @classmethod
     def from_flags(cls, workers: int | None, regen_actors: int | None, gpus_per_worker: float,
                    address: str | None) -> "Engine":
-        if regen_actors is None and (workers is not None or address is not None):
+        implied = regen_actors is None and (workers is not None or address is not None)
+        if implied:
             regen_actors = max(workers or 1, 1)
-        return cls(workers or 1, regen_actors, gpus_per_worker, address)
+        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied)
 
     @property
     def ray_regen(self) -> bool:
@@ -146,13 +149,13 @@ class Run:
     t_start: float
 
     @classmethod
-    def open(cls, inp: Input, opts: OutputOptions, engine: Engine, t_start: float) -> "Run":
+    def open(cls, data_uri: str, inp: Input, opts: OutputOptions, engine: Engine, t_start: float) -> "Run":
         out = open_location(opts.out, opts.storage)
         check_not_nested(inp.location, out, "--data", "--out")
         state = prepare_output(out, "--out", opts.resume, opts.overwrite)
         BadRecordPolicy(opts.on_bad_record)  # validates the mode before anything is written
         if engine.ray_regen:
-            _check_ray_inputs(inp, opts)
+            engine = _ray_regen_or_fallback(data_uri, inp, opts, engine)
         return cls(inp, out, DatasetWriter(out), state, opts, engine, t_start)
 
     @property
@@ -205,8 +208,9 @@ class Run:
         from .distributed.regenerate import RayRegenOptions, regenerate_ray
         from .progress import enabled
 
-        job = RegenJob(input_uri=self.inp.split.location.display, staging_uri=self.staging.display,
-                       method_uri=f"{self.staging.display}/{METHOD_CHECKPOINT}", s3_endpoint=self.opts.storage.s3_endpoint,
+        staging = worker_uri(self.staging)
+        job = RegenJob(input_uri=worker_uri(self.inp.split.location), staging_uri=staging,
+                       method_uri=f"{staging}/{METHOD_CHECKPOINT}", s3_endpoint=self.opts.storage.s3_endpoint,
                        keep_noise=self.opts.keep_noise, on_bad_record=self.opts.on_bad_record)
         opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
                                address=self.engine.address, progress=enabled())
@@ -218,18 +222,30 @@ def _has_credentials(uri: str) -> bool:
     return redact_uri(base) != base
 
 
-def _check_ray_inputs(inp: Input, opts: OutputOptions) -> None:
-    """What the Ray Data engine needs: canonical input, its shards as units, and URIs without secrets
-    (workers get credentials from their own environment, never from the driver)."""
+def _ray_regen_or_fallback(data_uri: str, inp: Input, opts: OutputOptions, engine: Engine) -> Engine:
+    """The engine for Algorithm 4. Ray Data needs a canonical input, the input's shards as units and URIs
+    without secrets (workers get credentials from their own environment, never from the driver). When it
+    was only implied by --workers/--address, the first two fall back to this process with a note."""
+    why = None
     if not inp.canonical:
-        raise DataError(f"{inp.split.display}: Ray Data regeneration reads canonical datasets; "
-                        "run `sem-dist convert` first, or drop --regen-actors/--workers/--address")
-    if opts.shard_rows is not None:
-        raise DataError("--shard-rows: on Ray the output keeps the input's shards (one unit each); "
-                        "re-shard the input with `sem-dist convert --shard-rows N`")
-    if _has_credentials(opts.out):
-        raise DataError(f"--out {redact_uri(opts.out)}: credentials in the URI are not sent to Ray workers; "
-                        "give them to the cluster's nodes through the AWS chain instead")
+        why = f"{inp.split.display} is not a canonical dataset (run `sem-dist convert` first)"
+    elif opts.shard_rows is not None:
+        why = "--shard-rows re-cuts the output, and on Ray each input shard is one unit (re-shard with convert)"
+    if why is None:
+        for flag, uri in (("--data", data_uri), ("--out", opts.out)):
+            if _has_credentials(uri):
+                raise DataError(f"{flag} {redact_uri(uri)}: credentials in the URI are not sent to Ray workers; "
+                                "give them to the cluster's nodes through the AWS chain instead")
+        return engine
+    if not engine.implied:
+        raise DataError(f"Ray Data regeneration (--regen-actors): {why}")
+    print(f"sem-dist: regenerating in this process: {why}", file=sys.stderr)
+    return Engine(engine.workers, None, engine.gpus_per_worker, engine.address)
+
+
+def worker_uri(loc: Location) -> str:
+    """``loc`` as a URI a Ray worker can open: absolute for local paths, redacted for object stores."""
+    return os.path.abspath(loc.path) if loc.is_local else loc.display
 
 
 def checkpoint_folder(checkpoint_dir: str | None, out: Location) -> tuple[str, bool]:
@@ -247,12 +263,9 @@ def checkpoint_folder(checkpoint_dir: str | None, out: Location) -> tuple[str, b
 def protect(req: ProtectRequest) -> Manifest:
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
-    engine = req.engine()
-    if engine.ray_regen and _has_credentials(req.data):
-        raise DataError(f"--data {redact_uri(req.data)}: credentials in the URI are not sent to Ray workers; "
-                        "give them to the cluster's nodes through the AWS chain instead")
-    run = Run.open(inp, req.output(), engine, t_start)
+    run = Run.open(req.data, inp, req.output(), req.engine(), t_start)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
+    engine = run.engine
     fp = fingerprint(cfg, inp, run.opts)
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.out, fp)
@@ -292,11 +305,7 @@ def regenerate_dataset(req: RegenerateRequest) -> Manifest:
     """Algorithm 4 alone: a generator fitted earlier applied to (new) data."""
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
-    engine = req.engine()
-    if engine.ray_regen and _has_credentials(req.data):
-        raise DataError(f"--data {redact_uri(req.data)}: credentials in the URI are not sent to Ray workers; "
-                        "give them to the cluster's nodes through the AWS chain instead")
-    run = Run.open(inp, req.output(), engine, t_start)
+    run = Run.open(req.data, inp, req.output(), req.engine(), t_start)
     raw, sha = read_checkpoint(req.generator, req.storage)
     info = inp.info
     state = as_method_state(raw, len(info.classes), info.channels, info.image_side, redact_uri(req.generator))
