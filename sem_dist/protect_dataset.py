@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import ProtectConfig, resolve_config
 from .data.canonical import DatasetWriter, Manifest
 from .data.output import OutputState, check_not_nested, prepare_output

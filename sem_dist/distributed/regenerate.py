@@ -16,8 +16,11 @@ from typing import Iterator
 import numpy as np
 
 from ..data.records import BadRecord
-from ..data.storage import DataError
-from ..stages.regenerate import RegenJob, UnitResult
+from ..data.storage import DataError, StorageOptions
+from ..device import resolve_device
+from ..perturb.methods import method_from_state
+from ..stages.fit import read_checkpoint
+from ..stages.regenerate import RegenJob, UnitResult, protect_input_shard
 
 
 @dataclass
@@ -34,11 +37,6 @@ class UnitRegenerator:
     """The ``map_batches`` callable class: one per actor, the method loaded once in ``__init__``."""
 
     def __init__(self, job: dict):
-        from ..stages.fit import read_checkpoint
-        from ..data.storage import StorageOptions
-        from ..perturb.methods import method_from_state
-        from ..device import resolve_device
-
         self.job = RegenJob(**job)
         self.device = resolve_device(self.job.device)
         state, _ = read_checkpoint(self.job.method_uri, StorageOptions(self.job.s3_endpoint))
@@ -46,8 +44,6 @@ class UnitRegenerator:
         self.src, self.manifest, self.staging = self.job.open()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from ..stages.regenerate import protect_input_shard
-
         results, errors, bad = [], [], []
         for index in batch["index"]:
             try:

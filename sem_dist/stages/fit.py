@@ -15,8 +15,8 @@ import torch
 
 from ..config import ProtectConfig
 from ..data.records import BadRecordPolicy
-from ..data.storage import Location, StorageOptions, open_location
-from ..perturb.methods import NoiseMethod, method_state
+from ..data.storage import DataError, Location, StorageOptions, open_location
+from ..perturb.methods import NoiseMethod
 from ..pipeline import fit_method
 from .read import Input, load_arrays
 
@@ -53,13 +53,16 @@ def save_method(state: dict, folder: Location) -> None:
     folder.write_bytes(METHOD_CHECKPOINT, buf.getvalue())
 
 
-def save_fitted(method: NoiseMethod, folder: Location) -> None:
-    save_method(method_state(method), folder)
-
-
 def read_checkpoint(uri: str, storage: StorageOptions, device: torch.device | str = "cpu") -> tuple[dict, str]:
     """(state dict, sha256 of the file) of a checkpoint at a local path or any storage URI; loaded with
     ``weights_only=True`` (plain tensors and builtins, nothing unpickled freely)."""
     folder = open_location(posixpath.dirname(uri.rstrip("/")) or ".", storage)
-    data = folder.read_bytes(posixpath.basename(uri.rstrip("/")))
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True), hashlib.sha256(data).hexdigest()
+    name = posixpath.basename(uri.rstrip("/"))
+    data = folder.read_bytes(name)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as exc:  # not a torch file, or one holding more than tensors and builtins
+        raise DataError(f"{folder.child(name).display}: not a loadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{folder.child(name).display}: not a checkpoint (a {type(state).__name__})")
+    return state, hashlib.sha256(data).hexdigest()
