@@ -1,17 +1,19 @@
-"""Protect a dataset where it lives: read the input, fit the method (Algorithm 1), regenerate noise for
-every sample shard by shard (Algorithm 4), and commit a protected canonical dataset.
+"""``protect`` and ``regenerate`` as compositions of the named stages (:mod:`sem_dist.stages`):
 
-The two seams the Ray layers plug into: :func:`fit_method` (Ray Train when ``workers > 1``) and
-:func:`protect_shard` (one Ray Data task per shard, writing into the staging area; the driver commits
-the :class:`ShardInfo` list). Until then both run in this process.
+protect:     read → fit (Algorithm 1) → regenerate (Algorithm 4) → commit
+regenerate:  read → load a fitted generator → regenerate (Algorithm 4) → commit
 
-Resumability: the generator checkpoint and every finished shard live in ``OUT/_staging`` (remote
-outputs keep the checkpoint in a local folder, see :func:`checkpoint_folder`); ``progress.json`` there
-lists finished shards with their sha256 and noise totals, so ``--resume`` redoes only what is missing.
+Each stage runs in this process or on Ray (:class:`Engine`): Ray Train for fit when ``workers > 1``,
+Ray Data for regeneration whenever a Ray flag (``--workers``, ``--regen-actors``, ``--address``) is given.
+Small local runs keep the plain in-process default.
+
+Resumability lives in ``OUT/_staging``: ``run.json`` (the run's fingerprint), ``method.pt`` (the fitted
+method; present ⇒ ``--resume`` skips fitting) and the ledger of finished shards (``stages.regenerate``).
+Algorithm 1's own checkpoints go to ``OUT/_staging/checkpoint`` for local outputs, else to a local cache
+folder or ``--checkpoint-dir``.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -22,25 +24,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from .config import ProtectConfig, resolve_config
-from .data.arrays import ArrayDataset
-from .data.canonical import DatasetWriter, Manifest, ShardInfo, read_manifest, shard_name, write_shard
-from .data.convert import new_manifest, shards_of, source_record
+from .data.canonical import DatasetWriter, Manifest
 from .data.output import OutputState, check_not_nested, prepare_output
-from .data.records import BadRecordPolicy, Chunk
-from .data.sources import collect, open_source, parse_spec
-from .data.storage import DataError, Location, StorageOptions, open_location
+from .data.records import BadRecord, BadRecordPolicy
+from .data.storage import DataError, Location, StorageOptions, open_location, redact_uri
 from .device import resolve_device, trainer_layout
-from .perturb.methods import NoiseMethod
-from .perturb.regenerate import apply_noise, regenerate
-from .pipeline import NoiseStats, fit_method
-from .progress import bar
+from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
+from .stages.commit import already_done, commit
+from .stages.fit import METHOD_CHECKPOINT, FitPlan, fit, read_checkpoint, save_method
+from .stages.read import Input, open_input
+from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local
 
-PROGRESS = "progress.json"
+
+@dataclass
+class Engine:
+    """Where the stages run: ``workers > 1`` → Algorithm 1 on Ray Train; ``regen_actors`` set →
+    Algorithm 4 on Ray Data with that many actors."""
+
+    workers: int = 1
+    regen_actors: int | None = None
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    implied: bool = False  # Ray Data only because --workers/--address were given: may fall back in-process
+
+    @classmethod
+    def from_flags(cls, workers: int | None, regen_actors: int | None, gpus_per_worker: float,
+                   address: str | None) -> "Engine":
+        implied = regen_actors is None and (workers is not None or address is not None)
+        if implied:
+            regen_actors = max(workers or 1, 1)
+        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied)
+
+    @property
+    def ray_regen(self) -> bool:
+        return self.regen_actors is not None
+
+
+@dataclass
+class OutputOptions:
+    out: str
+    resume: bool = False
+    overwrite: bool = False
+    on_bad_record: str = "fail"
+    shard_rows: int | None = None
+    keep_noise: bool = False  # an int8 noise column lets anyone undo the protection: research use only
+    device: str = "auto"
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
 
 @dataclass
@@ -51,161 +82,232 @@ class ProtectRequest:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted config keys, e.g. {"trainer.steps": 100}
     config_file: str | None = None
     device: str = "auto"
-    workers: int = 1  # > 1: Algorithm 1 on Ray Train with this many DDP workers
+    workers: int | None = None  # > 1: Algorithm 1 on Ray Train with this many DDP workers
+    regen_actors: int | None = None  # Algorithm 4 on Ray Data with this many actors
     gpus_per_worker: float = 0.0
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     resume: bool = False
     overwrite: bool = False
     on_bad_record: str = "fail"
     shard_rows: int | None = None
-    keep_noise: bool = False  # an int8 noise column lets anyone undo the protection: research use only
+    keep_noise: bool = False
     checkpoint_dir: str | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
 
+    def output(self) -> OutputOptions:
+        return OutputOptions(self.out, self.resume, self.overwrite, self.on_bad_record, self.shard_rows,
+                             self.keep_noise, self.device, self.storage)
+
+    def engine(self) -> Engine:
+        return Engine.from_flags(self.workers, self.regen_actors, self.gpus_per_worker, self.address)
+
 
 @dataclass
-class StagedProgress:
-    """Finished shards of an interrupted run; valid only for the same fingerprint."""
+class RegenerateRequest:
+    generator: str  # a method.pt or an Algorithm-1 generator.pt, any storage URI
+    data: str
+    out: str
+    regen_actors: int | None = None
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    on_bad_record: str = "fail"
+    shard_rows: int | None = None
+    keep_noise: bool = False
+    device: str = "auto"
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
-    fingerprint: str
-    shards: dict[int, dict] = field(default_factory=dict)  # index -> {"info": ShardInfo dict, "noise": totals}
+    def output(self) -> OutputOptions:
+        return OutputOptions(self.out, self.resume, self.overwrite, self.on_bad_record, self.shard_rows,
+                             self.keep_noise, self.device, self.storage)
 
-    def save(self, staging: Location) -> None:
-        staging.write_bytes(PROGRESS, json.dumps(dataclasses.asdict(self)).encode())
-
-    @classmethod
-    def load(cls, staging: Location, fingerprint: str) -> "StagedProgress":
-        if not staging.exists(PROGRESS):
-            return cls(fingerprint)
-        raw = json.loads(staging.read_bytes(PROGRESS))
-        if raw["fingerprint"] != fingerprint:
-            raise DataError(f"{staging.display}: the interrupted run there used other settings or input; "
-                            "pass --overwrite to start over")
-        shards = {int(k): v for k, v in raw["shards"].items()}
-        present = set(staging.names())
-        return cls(fingerprint, {i: v for i, v in shards.items() if v["info"]["name"] in present})
+    def engine(self) -> Engine:
+        return Engine.from_flags(None, self.regen_actors, self.gpus_per_worker, self.address)
 
 
-def fingerprint(cfg: ProtectConfig, source: dict, input_manifest: Manifest | None, req: ProtectRequest) -> str:
+def fingerprint(cfg: ProtectConfig, inp: Input, opts: OutputOptions, **more) -> str:
     """Everything that decides the output's bytes; a resumed run must match it exactly."""
-    shas = [s.sha256 for s in input_manifest.shards] if input_manifest else None
-    blob = json.dumps({"config": cfg.to_dict(), "rng": RNG_SCHEME, "source": source, "input_shards": shas,
-                       "shard_rows": req.shard_rows, "keep_noise": req.keep_noise,
-                       "on_bad_record": req.on_bad_record}, sort_keys=True)
+    m = inp.info.manifest
+    blob = json.dumps({"config": cfg.to_dict(), "rng": RNG_SCHEME, "source": inp.info.source,
+                       "input_shards": [s.sha256 for s in m.shards] if m else None, "shard_rows": opts.shard_rows,
+                       "keep_noise": opts.keep_noise, "on_bad_record": opts.on_bad_record, **more}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def checkpoint_folder(req: ProtectRequest, out: Location) -> tuple[Path, bool]:
-    """(folder for the generator checkpoint, whether we own it and remove it after commit).
-    ``train_generator`` writes local files, so a remote ``--out`` keeps it in a local cache folder keyed
-    by the (redacted) output URI unless ``--checkpoint-dir`` says otherwise."""
-    if req.checkpoint_dir:
-        return Path(req.checkpoint_dir), False
+@dataclass
+class Run:
+    """One protect/regenerate run's output side: where it writes and what it has done so far."""
+
+    inp: Input
+    out: Location
+    writer: DatasetWriter
+    state: OutputState
+    opts: OutputOptions
+    engine: Engine
+    t_start: float
+
+    @classmethod
+    def open(cls, inp: Input, opts: OutputOptions, engine: Engine, t_start: float) -> "Run":
+        out = open_location(opts.out, opts.storage)
+        check_not_nested(inp.location, out, "--data", "--out")
+        state = prepare_output(out, "--out", opts.resume, opts.overwrite)
+        BadRecordPolicy(opts.on_bad_record)  # validates the mode before anything is written
+        if engine.ray_regen:
+            engine = _ray_regen_or_fallback(inp, opts, engine)
+        return cls(inp, out, DatasetWriter(out), state, opts, engine, t_start)
+
+    @property
+    def staging(self) -> Location:
+        return self.writer.staging
+
+    def start(self, fp: str) -> None:
+        """A fresh staging area (or the kept one with ``--resume``), tied to the fingerprint."""
+        if not self.opts.resume:
+            self.writer.abandon()
+        Ledger(self.staging).open(fp, self.opts.resume)
+
+    def staged_method(self) -> dict | None:
+        if self.opts.resume and self.staging.exists(METHOD_CHECKPOINT):
+            state, _ = read_checkpoint(f"{self.staging.display}/{METHOD_CHECKPOINT}", self.opts.storage)
+            return state
+        return None
+
+    def regenerate_and_commit(self, state: dict | None, method, protection: dict) -> Manifest:
+        """Algorithm 4 over every unit not yet in the ledger, then the manifest. ``method`` is the fitted
+        method when this process has it; the Ray engine's actors load ``_staging/method.pt`` instead."""
+        done = Ledger(self.staging).finished()
+        t0 = time.perf_counter()
+        try:
+            if self.engine.ray_regen:
+                new = self._regenerate_ray(done)
+                results = [*done.values(), *new]
+            else:
+                if method is None:
+                    method = method_from_state(state, resolve_device(self.opts.device))
+                results = list(regenerate_local(method, self.inp, self.staging, done,
+                                                resolve_device(self.opts.device), self.opts.keep_noise,
+                                                self.opts.on_bad_record, self.opts.shard_rows))
+                new = [r for r in results if r.index not in done]
+        except BadRecord:
+            self.writer.abandon()  # nothing half-written under OUT; the input is never touched
+            raise
+        seconds = time.perf_counter() - t0
+        images = sum(r.rows for r in new)
+        regen = {"engine": "ray-data" if self.engine.ray_regen else "in-process",
+                 "actors": self.engine.regen_actors or 1, "gpus_per_actor": self.engine.gpus_per_worker,
+                 "images": images, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None}
+        timings = {**protection.pop("timings", {}), "regenerate_s": seconds,
+                   "total_s": time.perf_counter() - self.t_start}
+        protection = {**protection, "regeneration": regen, "timings": timings,
+                      "resumed": bool(self.opts.resume and self.state is OutputState.PARTIAL)}
+        return commit(self.writer, self.inp.info, results, protection, self.opts.keep_noise)
+
+    def _regenerate_ray(self, done: dict[int, UnitResult]) -> list[UnitResult]:
+        from .distributed.regenerate import RayRegenOptions, regenerate_ray
+        from .progress import enabled
+
+        staging = worker_uri(self.staging)
+        job = RegenJob(input_uri=worker_uri(self.inp.split.location), staging_uri=staging,
+                       method_uri=f"{staging}/{METHOD_CHECKPOINT}", s3_endpoint=self.opts.storage.s3_endpoint,
+                       keep_noise=self.opts.keep_noise, on_bad_record=self.opts.on_bad_record)
+        opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
+                               address=self.engine.address, progress=enabled())
+        return list(regenerate_ray(job, pending_units(self.inp.info.manifest, done), opts))
+
+
+def _ray_regen_or_fallback(inp: Input, opts: OutputOptions, engine: Engine) -> Engine:
+    """The engine for Algorithm 4. Ray Data needs a canonical input, the input's shards as units and URIs
+    without secrets (workers get credentials from their own environment, never from the driver). When it
+    was only implied by --workers/--address, the first two fall back to this process with a note."""
+    why = None
+    if not inp.canonical:
+        why = f"{inp.split.display} is not a canonical dataset (run `sem-dist convert` first)"
+    elif opts.shard_rows is not None:
+        why = "--shard-rows re-cuts the output, and on Ray each input shard is one unit (re-shard with convert)"
+    if why is None:  # URIs with credentials never get here: open_location refuses them
+        return engine
+    if not engine.implied:
+        raise DataError(f"Ray Data regeneration (--regen-actors): {why}")
+    print(f"sem-dist: regenerating in this process: {why}", file=sys.stderr)
+    return Engine(engine.workers, None, engine.gpus_per_worker, engine.address)
+
+
+def worker_uri(loc: Location) -> str:
+    """``loc`` as a URI a Ray worker can open: absolute for local paths, redacted for object stores."""
+    return os.path.abspath(loc.path) if loc.is_local else loc.display
+
+
+def checkpoint_folder(checkpoint_dir: str | None, out: Location) -> tuple[str, bool]:
+    """(where Algorithm 1 checkpoints, whether we own it and remove it after commit). ``train_generator``
+    writes local files, so a remote ``--out`` keeps them in a local cache folder keyed by the (redacted)
+    output URI unless ``--checkpoint-dir`` says otherwise."""
+    if checkpoint_dir:
+        return checkpoint_dir, False
     if out.is_local:
-        return Path(out.path) / "_staging" / "checkpoint", False  # removed with the staging area
+        return str(Path(out.path) / "_staging" / "checkpoint"), False  # removed with the staging area
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sem_dist" / "checkpoints"
-    return cache / hashlib.sha256(out.display.encode()).hexdigest()[:16], True
-
-
-def protect_shard(method: NoiseMethod, chunk: Chunk, device: torch.device, staging: Location, index: int,
-                  keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
-    """Algorithm 4 over one shard, then write its protected images (and noise) to the staging area."""
-    data = ArrayDataset(chunk.ids, chunk.images, chunk.labels, [])
-    noise = np.empty(chunk.images.shape, dtype=np.int8)
-    pos = 0
-    for ids, part in regenerate(method, data.iter_batches(method.regen_batch_size()), device):
-        noise[pos:pos + len(ids)] = part
-        pos += len(ids)
-    info = write_shard(staging, shard_name(index), chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
-                       noise if keep_noise else None)
-    return info, NoiseStats().update(noise)
+    return str(cache / hashlib.sha256(out.display.encode()).hexdigest()[:16]), True
 
 
 def protect(req: ProtectRequest) -> Manifest:
     t_start = time.perf_counter()
-    parsed = parse_spec(req.data)
-    source = open_source(parsed, req.storage)
-    out = open_location(req.out, req.storage)
-    check_not_nested(source.location, out, "--data", "--out")
-    state = prepare_output(out, "--out", req.resume, req.overwrite)
-    default_split = "train" if "train" in source.split_names() else None
-    sp = source.split(source.resolve_split(parsed.split or default_split))
-
-    policy = BadRecordPolicy(req.on_bad_record)
-    loaded = collect(sp.records(policy))
-    data = ArrayDataset(loaded.ids, loaded.images, loaded.labels, sp.classes)
-    cfg = resolve_config(req.method, data.image_side, req.config_file, req.overrides)
-    src = source_record(sp, parsed.options)
-    fp = fingerprint(cfg, src, sp.manifest, req)
-    if state is OutputState.COMPLETE and req.resume:
-        return _already_done(out, fp)
-
-    writer = DatasetWriter(out)
-    if req.resume:
-        progress = StagedProgress.load(writer.staging, fp)
-    else:
-        writer.abandon()
-        progress = StagedProgress(fp)
-    progress.save(writer.staging)  # before fitting, so a run interrupted in Algorithm 1 is tied to its settings
-    ckpt, own_ckpt = checkpoint_folder(req, out)
+    inp = open_input(req.data, req.storage)
+    run = Run.open(inp, req.output(), req.engine(), t_start)
+    cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
+    engine = run.engine
+    fp = fingerprint(cfg, inp, run.opts)
+    if run.state is OutputState.COMPLETE and req.resume:
+        return already_done(run.out, fp)
+    run.start(fp)
+    ckpt, own_ckpt = checkpoint_folder(req.checkpoint_dir, run.out)
     if not req.resume and own_ckpt:
         shutil.rmtree(ckpt, ignore_errors=True)
-    device = resolve_device(req.device)
     t_loaded = time.perf_counter()
 
-    train_metrics: dict = {}
-    if req.workers > 1:
-        from .distributed.train import RayTrainOptions, fit_method_distributed
-
-        opts = RayTrainOptions(workers=req.workers, gpus_per_worker=req.gpus_per_worker, resume=req.resume,
-                               storage=req.checkpoint_dir or str(ckpt), s3_endpoint=req.storage.s3_endpoint,
-                               s3_profile=req.storage.s3_profile)
-        method, train_metrics = fit_method_distributed(cfg, data, device, opts, req.address)
-    else:
-        method = fit_method(cfg, data, device, checkpoint_dir=ckpt, resume=req.resume)
+    state, method, metrics = run.staged_method(), None, {}
+    if state is None:  # fit, unless a resumed run already has the fitted method
+        plan = FitPlan(engine.workers, engine.gpus_per_worker, engine.address, req.resume, ckpt,
+                       req.storage.s3_endpoint)
+        try:
+            method, metrics = fit(cfg, inp, resolve_device(req.device), plan, BadRecordPolicy(req.on_bad_record))
+        except BadRecord:
+            run.writer.abandon()
+            raise
+        state = method_state(method)
+        save_method(state, run.staging)
     t_fit = time.perf_counter()
-    count, shape = len(data), data.images.shape[1:]
-    del data, loaded  # regeneration streams the input again, one shard at a time
-
-    shards: list[ShardInfo] = []
-    totals = NoiseStats()
-    with bar(count, f"{cfg.method}: protect (Alg. 4)", unit="img") as pb:
-        for i, chunk in enumerate(shards_of(sp, BadRecordPolicy(req.on_bad_record), req.shard_rows)):
-            if i in progress.shards:
-                done = progress.shards[i]
-                info, stats = ShardInfo(**done["info"]), NoiseStats(**done["noise"])
-            else:
-                info, stats = protect_shard(method, chunk, device, writer.staging, i, req.keep_noise)
-                progress.shards[i] = {"info": dataclasses.asdict(info), "noise": dataclasses.asdict(stats)}
-                progress.save(writer.staging)
-            shards.append(info)
-            totals = totals.merge(stats)
-            pb.update(len(chunk))
-    t_regen = time.perf_counter()
 
     protection = {
         "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
         "layout": {**trainer_layout(cfg.trainer), "amp": cfg.trainer.amp},
-        "noise": totals.result(),
-        "workers": req.workers, "gpus_per_worker": req.gpus_per_worker, "device": str(device),
-        "train_workers": int(train_metrics.get("workers", 1)),
-        "train_steps_per_s": train_metrics.get("steps_per_s"),
-        "train_resumed_from_step": train_metrics.get("resumed_from"),
-        "fingerprint": fp, "resumed": bool(req.resume and state is OutputState.PARTIAL),
-        "timings": {"load_s": t_loaded - t_start, "fit_s": t_fit - t_loaded, "regenerate_s": t_regen - t_fit,
-                    "total_s": time.perf_counter() - t_start},
+        "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker, "device": str(resolve_device(req.device)),
+        "train_workers": int(metrics.get("workers", 1)), "train_steps_per_s": metrics.get("steps_per_s"),
+        "train_resumed_from_step": metrics.get("resumed_from"), "fingerprint": fp,
+        "timings": {"load_s": t_loaded - t_start, "fit_s": t_fit - t_loaded},
     }
-    manifest = new_manifest(sp, shards, shape, src, policy, protection=protection, noise_column=req.keep_noise)
-    writer.commit(manifest)
+    manifest = run.regenerate_and_commit(state, method, protection)
     if own_ckpt:
         shutil.rmtree(ckpt, ignore_errors=True)
     return manifest
 
 
-def _already_done(out: Location, fp: str) -> Manifest:
-    existing = read_manifest(out)
-    if (existing.protection or {}).get("fingerprint") != fp:
-        raise DataError(f"--out {out.display} already holds a complete dataset made with other settings or input; "
-                        "pass --overwrite to replace it")
-    print(f"{out.display}: already complete (same settings); nothing to do", file=sys.stderr)
-    return existing
+def regenerate_dataset(req: RegenerateRequest) -> Manifest:
+    """Algorithm 4 alone: a generator fitted earlier applied to (new) data."""
+    t_start = time.perf_counter()
+    inp = open_input(req.data, req.storage)
+    run = Run.open(inp, req.output(), req.engine(), t_start)
+    raw, sha = read_checkpoint(req.generator, req.storage)
+    info = inp.info
+    state = as_method_state(raw, len(info.classes), info.channels, info.image_side, redact_uri(req.generator))
+    cfg = ProtectConfig.from_dict(state["config"])
+    fp = fingerprint(cfg, inp, run.opts, generator_sha256=sha)
+    if run.state is OutputState.COMPLETE and req.resume:
+        return already_done(run.out, fp)
+    run.start(fp)
+    save_method(state, run.staging)
+    protection = {"method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
+                  "fingerprint": fp,
+                  "generator": {"uri": redact_uri(req.generator), "sha256": sha}, "device": req.device,
+                  "timings": {"load_s": time.perf_counter() - t_start}}
+    return run.regenerate_and_commit(state, None, protection)

@@ -116,9 +116,9 @@ def test_protect_bad_record_skip(tmp_path, cli, tiny_digits):
 
 def test_interrupted_protect_resumes(tmp_path, cli, small_data, monkeypatch):
     _, data = small_data
-    import sem_dist.protect_dataset as pd
+    import sem_dist.stages.regenerate as stage
 
-    original, calls = pd.protect_shard, {"n": 0}
+    original, calls = stage.protect_chunk, {"n": 0}
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -126,7 +126,7 @@ def test_interrupted_protect_resumes(tmp_path, cli, small_data, monkeypatch):
             raise RuntimeError("simulated crash")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pd, "protect_shard", crash_on_third)
+    monkeypatch.setattr(stage, "protect_chunk", crash_on_third)
     code, _, err = cli("protect", "--data", data, "--out", tmp_path / "p", *TINY, "--keep-noise")
     assert code == 1 and "simulated crash" in err
     assert not (tmp_path / "p" / "manifest.json").exists()  # looks incomplete, not done

@@ -1,4 +1,4 @@
-"""Flags shared by the data commands (convert, protect, export)."""
+"""Flags shared by the data commands (convert, protect, regenerate, export)."""
 from __future__ import annotations
 
 from ..data.storage import StorageOptions
@@ -25,3 +25,46 @@ def add_bad_record_argument(p) -> None:
 
 def storage_options(args) -> StorageOptions:
     return StorageOptions(s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)
+
+
+def add_ray_arguments(g, train: bool) -> None:
+    """The Ray engine flags; giving any of them moves Algorithm 4 onto Ray Data (docs/data-plane.md)."""
+    if train:
+        g.add_argument("--workers", type=int, metavar="N",
+                       help="Algorithm-1 workers: N > 1 runs Ray Train with N DDP workers (gloo on CPU, nccl on GPU); "
+                            "any value also regenerates on Ray Data (default: everything in this process)")
+    g.add_argument("--regen-actors", type=int, metavar="K",
+                   help="Algorithm-4 actors on Ray Data, each holding one copy of the generator and protecting one "
+                        "input shard at a time (default: --workers, or in-process when no Ray flag is given)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs per Ray worker and per regeneration actor (fractions share a GPU; 0 = CPU only)")
+    g.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to use (default: $RAY_ADDRESS, else an embedded local Ray); implies Ray Data "
+                        "regeneration")
+
+
+def add_output_arguments(g) -> None:
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (finished shards are kept; a complete output with the "
+                        "same settings is reported without reading the data)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset sem-dist wrote at --out (never deletes anything else)")
+    g.add_argument("--shard-rows", type=int, metavar="N",
+                   help="images per output shard (default: the input's shards; in-process only)")
+    g.add_argument("--keep-noise", action="store_true",
+                   help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
+
+
+def check_counts(args, *flags: str) -> None:
+    for flag in flags:
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+
+
+def summary(m) -> str:
+    """The one line protect/regenerate print on success."""
+    noise, regen = m.protection["noise"], m.protection.get("regeneration", {})
+    skipped = f"; {len(m.skipped)} bad records skipped (listed in the manifest)" if m.skipped else ""
+    rate = f", {regen['images_per_s']:.1f} img/s ({regen['engine']})" if regen.get("images_per_s") else ""
+    return (f"protected {m.count} images with {m.protection['method']}: noise ℓ∞ = {noise['linf_levels']}/255, "
+            f"{len(m.shards)} shard(s){rate}{skipped}")

@@ -8,6 +8,10 @@ statistics, timings and the worker settings.
 Units: every radius is an ℓ∞ bound in [0,1] pixel units; fractions are accepted, so 8/255 means eight
 grey levels. Config precedence: the method's defaults (per image size) < --config FILE < flags.
 
+Engines: by default every stage runs in this process. --workers N (N > 1) trains the generator on Ray
+Train; any of --workers, --regen-actors or --address regenerates the noise on Ray Data (an actor pool
+over the input's shards; canonical input only), byte-identical to the in-process output for the same seed.
+
 --data takes any source spec ``convert`` takes (a canonical URI, digits, cifar10:DIR, ...); for sources
 with splits the train split is protected unless ``?split=NAME`` says otherwise. --out must be new or
 empty; --resume continues an interrupted run (generator checkpoint and finished shards are kept in
@@ -15,7 +19,8 @@ OUT/_staging, or in a local cache folder / --checkpoint-dir for remote outputs).
 """
 from __future__ import annotations
 
-from ._storage_args import URI_HELP, add_bad_record_argument, add_storage_arguments, storage_options
+from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
+                            add_storage_arguments, check_counts, storage_options)
 
 NAME = "protect"
 HELP = "train the noise generator and write a protected copy of a dataset"
@@ -52,51 +57,37 @@ def add_arguments(p) -> None:
     g.add_argument("--block-size", type=int, metavar="N",
                    help="ntga: training-set block size of the kernel predictor (default 4000; 100 for large images)")
     g.add_argument("--config", metavar="FILE", help="YAML of config keys (overridden by the flags above)")
-    g = p.add_argument_group("execution")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="Algorithm-1 workers: 1 (default) trains in this process; N > 1 runs Ray Train with N DDP "
-                        "workers (gloo on CPU, nccl on GPU) on the cluster at --address, else an embedded local Ray")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
-                   help="GPUs per Ray Train worker (0 = CPU workers)")
+    g = p.add_argument_group("execution (see docs/data-plane.md)")
+    g.add_argument("--device", default="auto",
+                   help="in-process stages: auto (CUDA when available), cpu or cuda[:N]")
     g.add_argument("--amp", action="store_const", const=True,
                    help="bf16 autocast on every forward/backward pass (losses and gradient signs stay fp32)")
     g.add_argument("--compile", choices=["auto", "on", "off"],
                    help="torch.compile the model (default auto: on for runs of >= 500 steps of models it speeds up)")
     g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the passes (default auto = channels_last, measured faster on CPU and GPU)")
-    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace a dataset sem-dist wrote at --out (never deletes anything else)")
+    add_ray_arguments(g, train=True)
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="generator steps between checkpoints (default 500)")
     g.add_argument("--checkpoint-dir", metavar="URI",
                    help="where generator checkpoints go: a local folder, or with --workers > 1 also "
                         "s3://bucket/prefix (Ray Train storage; same folder + --resume continues the run)")
-    g.add_argument("--shard-rows", type=int, metavar="N", help="images per output shard (default: as the input)")
-    g.add_argument("--keep-noise", action="store_true",
-                   help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
+    add_output_arguments(g)
     add_bad_record_argument(p)
     add_storage_arguments(p)
 
 
 def run(args) -> int:
     from ..protect_dataset import ProtectRequest, protect
+    from ._storage_args import summary
 
-    for flag in ("workers", "shard_rows"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    check_counts(args, "workers", "regen_actors", "shard_rows")
     overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest) is not None}
     req = ProtectRequest(
         data=args.data, out=args.out, method=args.method, overrides=overrides, config_file=args.config,
-        device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
-        resume=args.resume,
+        device=args.device, workers=args.workers, regen_actors=args.regen_actors,
+        gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume,
         overwrite=args.overwrite, on_bad_record=args.on_bad_record, shard_rows=args.shard_rows,
         keep_noise=args.keep_noise, checkpoint_dir=args.checkpoint_dir, storage=storage_options(args))
-    m = protect(req)
-    noise = m.protection["noise"]
-    skipped = f"; {len(m.skipped)} bad records skipped (listed in the manifest)" if m.skipped else ""
-    print(f"protected {m.count} images with {m.protection['method']}: noise ℓ∞ = {noise['linf_levels']}/255, "
-          f"{len(m.shards)} shard(s){skipped}")
+    print(summary(protect(req)))
     return 0

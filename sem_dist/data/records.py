@@ -12,6 +12,10 @@ from .storage import DataError
 BAD_RECORD_MODES = ("fail", "skip")
 
 
+class BadRecord(DataError):
+    """A record ``--on-bad-record fail`` stops at (the message names its id and where it is)."""
+
+
 @dataclass
 class Chunk:
     ids: list[str]
@@ -45,12 +49,14 @@ class BadRecordPolicy:
 
     def reject(self, record_id: str, where: str, reason: str) -> None:
         if self.mode == "fail":
-            raise DataError(f"{where}: record {record_id!r}: {reason} (--on-bad-record skip leaves it out)")
+            raise BadRecord(f"{where}: record {record_id!r}: {reason} (--on-bad-record skip leaves it out)")
         self.skipped.append({"id": record_id, "where": where, "reason": reason})
 
 
-def checked(chunks: Iterable[Chunk], num_classes: int, policy: BadRecordPolicy, what: str) -> Iterator[Chunk]:
-    """Reject labels outside [0, num_classes) and repeated ids; refuse an empty result.
+def checked(chunks: Iterable[Chunk], num_classes: int, policy: BadRecordPolicy, what: str,
+            allow_empty: bool = False) -> Iterator[Chunk]:
+    """Reject labels outside [0, num_classes) and repeated ids; refuse an empty result unless
+    ``allow_empty`` (one shard of many may lose all its rows to ``skip``).
 
     Image decoding, modes and sizes are checked where images are decoded (each source)."""
     seen: set[str] = set()
@@ -68,7 +74,7 @@ def checked(chunks: Iterable[Chunk], num_classes: int, policy: BadRecordPolicy, 
         if keep:
             total += len(keep)
             yield chunk if len(keep) == len(chunk) else chunk.take(np.asarray(keep))
-    if total == 0:
+    if total == 0 and not allow_empty:
         skipped = f" after skipping {len(policy.skipped)} bad records" if policy.skipped else ""
         raise DataError(f"{what}: the dataset is empty{skipped}")
 

@@ -60,6 +60,38 @@ METHODS: dict[str, type[NoiseMethod]] = {
     for name in cls.names}
 
 
+METHOD_FORMAT = "sem_dist.method"
+
+
+def method_state(method: NoiseMethod) -> dict:
+    """Everything Algorithm 4 needs to rebuild a fitted method elsewhere (plain tensors and builtins, so
+    it loads with ``weights_only=True``)."""
+    return {"format": METHOD_FORMAT, "config": method.cfg.to_dict(), "num_classes": method.num_classes,
+            "in_channels": method.in_channels, "image_side": method.image_side, "state": method.state_dict()}
+
+
+def as_method_state(state: dict, num_classes: int, in_channels: int, image_side: int, where: str) -> dict:
+    """A :func:`method_state` dict from either that format or an Algorithm-1 checkpoint (``generator.pt``:
+    model, optimizer, step, config), checked against the data it will perturb."""
+    if state.get("format") != METHOD_FORMAT:
+        if not {"model", "config"} <= set(state):
+            raise ValueError(f"{where}: neither a sem_dist method checkpoint nor an Algorithm-1 generator.pt")
+        state = {"format": METHOD_FORMAT, "config": state["config"], "num_classes": num_classes,
+                 "in_channels": in_channels, "image_side": image_side, "state": {"model": state["model"]}}
+    want = {"num_classes": num_classes, "in_channels": in_channels, "image_side": image_side}
+    got = {k: state[k] for k in want}
+    if got != want:
+        raise ValueError(f"{where}: the generator was fitted for {got}, the data has {want}")
+    return state
+
+
+def method_from_state(state: dict, device: torch.device) -> NoiseMethod:
+    cfg = ProtectConfig.from_dict(state["config"])
+    method = get_method(cfg, state["num_classes"], state["in_channels"], state["image_side"], device)
+    method.load_state_dict(state["state"])
+    return method
+
+
 def get_method(cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
                device: torch.device) -> NoiseMethod:
     try:

@@ -1,0 +1,56 @@
+"""Read stage: a source spec → the split to protect and what is known about it without its pixels.
+
+The Ray counterpart is :func:`sem_dist.distributed.dataset.read_rows` (the same :class:`DatasetInfo`).
+Only the in-process Algorithm 1 ever holds the whole split (:func:`load_arrays`); regeneration streams
+it shard by shard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.arrays import ArrayDataset
+from ..data.convert import source_record
+from ..data.info import DatasetInfo
+from ..data.records import BadRecordPolicy
+from ..data.source import Split
+from ..data.sources import collect, open_source, parse_spec
+from ..data.storage import DataError, Location, StorageOptions
+
+
+@dataclass
+class Input:
+    split: Split
+    info: DatasetInfo
+    location: Location | None  # the source's root, for the output-inside-input check
+
+    @property
+    def canonical(self) -> bool:
+        return self.info.manifest is not None
+
+
+def open_input(spec: str, storage: StorageOptions) -> Input:
+    """The split ``spec`` names (the train split of sources with splits unless ``?split=`` says otherwise).
+    Canonical data is described from its manifest alone; other sources decode their first chunk."""
+    parsed = parse_spec(spec)
+    source = open_source(parsed, storage)
+    default = "train" if "train" in source.split_names() else None
+    sp = source.split(source.resolve_split(parsed.split or default))
+    record = source_record(sp, parsed.options)
+    if sp.manifest is not None:
+        m = sp.manifest
+        info = DatasetInfo(m.count, m.channels, m.height, m.width, list(m.classes), record, m)
+    else:
+        first = next(iter(sp.read(BadRecordPolicy("skip"))), None)
+        if first is None:
+            raise DataError(f"{sp.display}: the dataset is empty")
+        c, h, w = first.images.shape[1:]
+        info = DatasetInfo(None, c, h, w, list(sp.classes), record)
+    return Input(sp, info, source.location)
+
+
+def load_arrays(inp: Input, policy: BadRecordPolicy) -> ArrayDataset:
+    """The whole split in memory: what in-process Algorithm 1 samples minibatches from."""
+    data = collect(inp.split.records(policy))
+    return ArrayDataset(data.ids, np.ascontiguousarray(data.images), data.labels, inp.split.classes)
