@@ -1,0 +1,50 @@
+"""Resource checks before launching Ray work: impossible requests fail within bounded time, clearly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+
+def test_an_impossible_gpu_request_fails_at_once_on_an_embedded_cluster(ray_cluster):
+    from sem_dist.distributed.resources import wait_for_resources
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError) as err:
+        wait_for_resources(2, 2, "Algorithm 1 (2 workers × 1 GPU)", timeout_s=600)
+    msg = str(err.value)
+    assert time.monotonic() - t0 < 10  # no waiting for an autoscaler an embedded Ray does not have
+    assert "Algorithm 1 (2 workers × 1 GPU) needs 2 CPUs and 2 GPUs" in msg and "0 GPUs" in msg
+    assert "\n" not in msg
+
+
+def test_satisfiable_requests_return_and_oversized_workers_are_refused(ray_cluster):
+    from sem_dist.distributed.resources import wait_for_resources
+
+    cpus = ray.cluster_resources()["CPU"]
+    wait_for_resources(cpus, 0, "everything", timeout_s=0)  # the whole node is a valid request
+    wait_for_resources(2, 0, "two workers", timeout_s=0, units=2)
+    with pytest.raises(ValueError, match=r"needs 5 CPUs.*has 4 CPUs"):
+        wait_for_resources(cpus + 1, 0, "one too many", timeout_s=0)
+
+
+def test_a_driver_on_a_real_cluster_waits_for_the_autoscaler_then_fails(ray_cluster, tmp_path):
+    """A driver that joined the cluster (not its creator) waits up to the timeout, then reports."""
+    script = ("import ray, time\n"
+              "from sem_dist.distributed.resources import wait_for_resources\n"
+              "ray.init(address='auto', log_to_driver=False)\n"
+              "t0 = time.monotonic()\n"
+              "try:\n"
+              "    wait_for_resources(1, 1, 'one GPU', timeout_s=3)\n"
+              "except ValueError as e:\n"
+              "    print(f'{time.monotonic() - t0:.1f}|{e}')\n")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    waited, msg = done.stdout.strip().splitlines()[-1].split("|", 1)
+    assert 3 <= float(waited) < 30, done.stdout
+    assert "one GPU needs 1 CPUs and 1 GPUs" in msg and "after waiting 3 s" in msg
