@@ -1,12 +1,13 @@
 """Protect a dataset where it lives: read the input, fit the method (Algorithm 1), regenerate noise for
 every sample shard by shard (Algorithm 4), and commit a protected canonical dataset.
 
-The two seams the Ray layers plug into: :func:`fit_method` (Ray Train when ``workers > 1``) and
+The two seams the Ray layers plug into: :func:`fit_method` (Ray Train when ``workers > 1`` or when the
+checkpoints go to object storage) and
 :func:`protect_shard` (one Ray Data task per shard, writing into the staging area; the driver commits
 the :class:`ShardInfo` list). Until then both run in this process.
 
-Resumability: the generator checkpoint and every finished shard live in ``OUT/_staging`` (remote
-outputs keep the checkpoint in a local folder, see :func:`checkpoint_folder`); ``progress.json`` there
+Resumability: the generator checkpoint and every finished shard live in ``OUT/_staging`` on the output's
+storage (see :func:`checkpoint_location`); ``progress.json`` there
 lists finished shards with their sha256 and noise totals, so ``--resume`` redoes only what is missing.
 """
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +51,9 @@ class ProtectRequest:
     device: str = "auto"
     workers: int = 1  # > 1: Algorithm 1 on Ray Train with this many DDP workers
     gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    shared_fs: bool = False  # a local --checkpoint-dir that every node of a multi-node cluster mounts
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     resume: bool = False
     overwrite: bool = False
@@ -94,16 +96,12 @@ def fingerprint(cfg: ProtectConfig, source: dict, input_manifest: Manifest | Non
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def checkpoint_folder(req: ProtectRequest, out: Location) -> tuple[Path, bool]:
-    """(folder for the generator checkpoint, whether we own it and remove it after commit).
-    ``train_generator`` writes local files, so a remote ``--out`` keeps it in a local cache folder keyed
-    by the (redacted) output URI unless ``--checkpoint-dir`` says otherwise."""
-    if req.checkpoint_dir:
-        return Path(req.checkpoint_dir), False
-    if out.is_local:
-        return Path(out.path) / "_staging" / "checkpoint", False  # removed with the staging area
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sem_dist" / "checkpoints"
-    return cache / hashlib.sha256(out.display.encode()).hexdigest()[:16], True
+def checkpoint_location(req: ProtectRequest, out: Location) -> str:
+    """Where the generator checkpoints go: ``--checkpoint-dir``, else ``OUT/_staging/checkpoint`` on the
+    output's own storage (every node of a cluster sees a remote OUT; removed with the staging area)."""
+    from .distributed.storage import default_checkpoint_uri
+
+    return req.checkpoint_dir or default_checkpoint_uri(out.display)
 
 
 def protect_shard(method: NoiseMethod, chunk: Chunk, device: torch.device, staging: Location, index: int,
@@ -146,21 +144,23 @@ def protect(req: ProtectRequest) -> Manifest:
         writer.abandon()
         progress = StagedProgress(fp)
     progress.save(writer.staging)  # before fitting, so a run interrupted in Algorithm 1 is tied to its settings
-    ckpt, own_ckpt = checkpoint_folder(req, out)
-    if not req.resume and own_ckpt:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt = checkpoint_location(req, out)
     device = resolve_device(req.device)
     t_loaded = time.perf_counter()
 
     train_metrics: dict = {}
-    if req.workers > 1:
+    from .distributed.train import uses_ray_train
+
+    if uses_ray_train(req.workers, ckpt):
         from .distributed.train import RayTrainOptions, fit_method_distributed
 
-        opts = RayTrainOptions(workers=req.workers, gpus_per_worker=req.gpus_per_worker, resume=req.resume,
-                               storage=req.checkpoint_dir or str(ckpt), s3_endpoint=req.storage.s3_endpoint)
+        timeout = {} if req.resource_timeout_s is None else {"resource_timeout_s": req.resource_timeout_s}
+        opts = RayTrainOptions(workers=req.workers, gpus_per_worker=req.gpus_per_worker,
+                               cpus_per_worker=req.cpus_per_worker, shared_fs=req.shared_fs, resume=req.resume,
+                               storage=ckpt, s3_endpoint=req.storage.s3_endpoint, **timeout)
         method, train_metrics = fit_method_distributed(cfg, data, device, opts, req.address)
     else:
-        method = fit_method(cfg, data, device, checkpoint_dir=ckpt, resume=req.resume)
+        method = fit_method(cfg, data, device, checkpoint_dir=Path(ckpt), resume=req.resume)
     t_fit = time.perf_counter()
     count, shape = len(data), data.images.shape[1:]
     del data, loaded  # regeneration streams the input again, one shard at a time
@@ -193,8 +193,6 @@ def protect(req: ProtectRequest) -> Manifest:
     }
     manifest = new_manifest(sp, shards, shape, src, policy, protection=protection, noise_column=req.keep_noise)
     writer.commit(manifest)
-    if own_ckpt:
-        shutil.rmtree(ckpt, ignore_errors=True)
     return manifest
 
 

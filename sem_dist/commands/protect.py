@@ -11,11 +11,12 @@ grey levels. Config precedence: the method's defaults (per image size) < --confi
 --data takes any source spec ``convert`` takes (a canonical URI, digits, cifar10:DIR, ...); for sources
 with splits the train split is protected unless ``?split=NAME`` says otherwise. --out must be new or
 empty; --resume continues an interrupted run (generator checkpoint and finished shards are kept in
-OUT/_staging, or in a local cache folder / --checkpoint-dir for remote outputs).
+OUT/_staging on the output's storage, the checkpoint in --checkpoint-dir if given).
 """
 from __future__ import annotations
 
 from ._storage_args import URI_HELP, add_bad_record_argument, add_storage_arguments, storage_options
+from ._train_args import add_ray_train_arguments, ray_train_request_fields
 
 NAME = "protect"
 HELP = "train the noise generator and write a protected copy of a dataset"
@@ -58,6 +59,7 @@ def add_arguments(p) -> None:
                         "workers (gloo on CPU, nccl on GPU) on the cluster at --address, else an embedded local Ray")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per Ray Train worker (0 = CPU workers)")
+    add_ray_train_arguments(g)
     g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",
@@ -65,8 +67,9 @@ def add_arguments(p) -> None:
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="generator steps between checkpoints (default 500)")
     g.add_argument("--checkpoint-dir", metavar="URI",
-                   help="where generator checkpoints go: a local folder, or with --workers > 1 also "
-                        "s3://bucket/prefix (Ray Train storage; same folder + --resume continues the run)")
+                   help="where generator checkpoints go (default OUT/_staging/checkpoint, on the output's "
+                        "storage): a local folder or s3://bucket/prefix (Ray Train storage, any --workers); "
+                        "same folder + --resume continues the run, from any machine for s3://")
     g.add_argument("--shard-rows", type=int, metavar="N", help="images per output shard (default: as the input)")
     g.add_argument("--keep-noise", action="store_true",
                    help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
@@ -84,7 +87,7 @@ def run(args) -> int:
     req = ProtectRequest(
         data=args.data, out=args.out, method=args.method, overrides=overrides, config_file=args.config,
         device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
-        resume=args.resume,
+        resume=args.resume, **ray_train_request_fields(args),
         overwrite=args.overwrite, on_bad_record=args.on_bad_record, shard_rows=args.shard_rows,
         keep_noise=args.keep_noise, checkpoint_dir=args.checkpoint_dir, storage=storage_options(args))
     m = protect(req)
