@@ -204,11 +204,21 @@ def _feed_config(data, info, cfg: ProtectConfig, opts: RayTrainOptions) -> tuple
 
 
 def _bad_record(exc: BaseException) -> DataError | None:
-    """The DataError behind a failed run (a worker read a bad record), as a one-line error."""
+    """The DataError behind a failed run (a worker read a bad record), as a one-line error. Ray wraps it in
+    its task and worker-group errors, whose own messages are truncated: search each worker's full chain."""
     import re
 
-    match = re.search(r"DataError: (bad record [^\n]*)", str(exc))
-    return DataError(match.group(1)) if match else None
+    seen, todo = set(), [exc, *getattr(exc, "worker_failures", {}).values()]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        match = re.search(r"(bad record [^\n]*)", str(e))
+        if match:
+            return DataError(match.group(1))
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
 
 
 def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
