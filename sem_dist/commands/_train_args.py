@@ -7,7 +7,7 @@ from ..distributed.resources import RESOURCE_TIMEOUT_HELP
 
 def add_ray_train_arguments(g) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
-                   help="CPUs Ray reserves per Algorithm-1 worker (default 1; torch uses that many threads)")
+                   help="CPUs Ray reserves for each Algorithm-1 worker (default 1)")
     g.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
     g.add_argument("--shared-fs", action="store_true",
                    help="a local --checkpoint-dir is on a file system every node of the Ray cluster mounts "
