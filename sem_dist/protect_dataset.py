@@ -9,19 +9,17 @@ Small local runs keep the plain in-process default.
 
 Resumability lives in ``OUT/_staging``: ``run.json`` (the run's fingerprint), ``method.pt`` (the fitted
 method; present ⇒ ``--resume`` skips fitting) and the ledger of finished shards (``stages.regenerate``).
-Algorithm 1's own checkpoints go to ``OUT/_staging/checkpoint`` for local outputs, else to a local cache
-folder or ``--checkpoint-dir``.
+Algorithm 1's own checkpoints go to ``--checkpoint-dir``, else to ``OUT/_staging/checkpoint`` on the
+output's own storage, so every node of a cluster (and a later run on another machine) sees them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import ProtectConfig, resolve_config
@@ -238,16 +236,12 @@ def worker_uri(loc: Location) -> str:
     return os.path.abspath(loc.path) if loc.is_local else loc.display
 
 
-def checkpoint_folder(checkpoint_dir: str | None, out: Location) -> tuple[str, bool]:
-    """(where Algorithm 1 checkpoints, whether we own it and remove it after commit). ``train_generator``
-    writes local files, so a remote ``--out`` keeps them in a local cache folder keyed by the (redacted)
-    output URI unless ``--checkpoint-dir`` says otherwise."""
-    if checkpoint_dir:
-        return checkpoint_dir, False
-    if out.is_local:
-        return str(Path(out.path) / "_staging" / "checkpoint"), False  # removed with the staging area
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sem_dist" / "checkpoints"
-    return str(cache / hashlib.sha256(out.display.encode()).hexdigest()[:16]), True
+def checkpoint_location(req: ProtectRequest, out: Location) -> str:
+    """Where the generator checkpoints go: ``--checkpoint-dir``, else ``OUT/_staging/checkpoint`` on the
+    output's own storage (every node of a cluster sees a remote OUT; removed with the staging area)."""
+    from .distributed.storage import default_checkpoint_uri
+
+    return req.checkpoint_dir or default_checkpoint_uri(out.display)
 
 
 def protect(req: ProtectRequest) -> Manifest:
@@ -260,15 +254,13 @@ def protect(req: ProtectRequest) -> Manifest:
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.out, fp)
     run.start(fp)
-    ckpt, own_ckpt = checkpoint_folder(req.checkpoint_dir, run.out)
-    if not req.resume and own_ckpt:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt = checkpoint_location(req, run.out)
     t_loaded = time.perf_counter()
 
     state, method, metrics = run.staged_method(), None, {}
     if state is None:  # fit, unless a resumed run already has the fitted method
-        plan = FitPlan(engine.workers, engine.gpus_per_worker, engine.address, req.resume, ckpt,
-                       req.storage.s3_endpoint)
+        plan = FitPlan(engine.workers, engine.gpus_per_worker, engine.address, req.resume, ckpt, req.storage,
+                       req.cpus_per_worker, req.resource_timeout_s, req.shared_fs)
         try:
             method, metrics = fit(cfg, inp, resolve_device(req.device), plan, BadRecordPolicy(req.on_bad_record))
         except BadRecord:
@@ -286,10 +278,7 @@ def protect(req: ProtectRequest) -> Manifest:
         "train_resumed_from_step": metrics.get("resumed_from"), "fingerprint": fp,
         "timings": {"load_s": t_loaded - t_start, "fit_s": t_fit - t_loaded},
     }
-    manifest = run.regenerate_and_commit(state, method, protection)
-    if own_ckpt:
-        shutil.rmtree(ckpt, ignore_errors=True)
-    return manifest
+    return run.regenerate_and_commit(state, method, protection)
 
 
 def regenerate_dataset(req: RegenerateRequest) -> Manifest:

@@ -35,7 +35,8 @@ def get_json(client, bucket: str, key: str) -> tuple[dict, str]:
     return json.loads(raw), raw
 
 
-def test_convert_protect_export_round_trip_in_s3(tmp_path, cli, s3_env, tiny_digits, monkeypatch):
+def test_convert_protect_export_round_trip_in_s3(tmp_path, cli, s3_env, tiny_digits, monkeypatch, ray_cluster):
+    """An S3 output keeps its generator checkpoint in its own staging area, through Ray Train's storage."""
     endpoint, bucket = s3_env
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     client = boto3.client("s3", endpoint_url=endpoint)
@@ -55,7 +56,7 @@ def test_convert_protect_export_round_trip_in_s3(tmp_path, cli, s3_env, tiny_dig
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="prot/")["Contents"])
     assert keys == ["prot/manifest.json", "prot/part-00000.parquet", "prot/part-00001.parquet",
                     "prot/part-00002.parquet"]  # the staging area is gone
-    assert not any((tmp_path / "cache").rglob("*.pt"))  # the local checkpoint cache is cleaned up
+    assert not any((tmp_path / "cache").rglob("*.pt"))  # no local checkpoint cache
 
     got = load_dataset(f"s3://{bucket}/prot")
     assert got.ids == train.ids and np.array_equal(got.clean_images(), train.images)

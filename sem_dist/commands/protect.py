@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
                             add_storage_arguments, check_counts, storage_options)
+from ._train_args import add_ray_train_arguments, ray_train_request_fields
 
 NAME = "protect"
 HELP = "train the noise generator and write a protected copy of a dataset"
@@ -67,11 +68,13 @@ def add_arguments(p) -> None:
     g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the passes (default auto = channels_last, measured faster on CPU and GPU)")
     add_ray_arguments(g, train=True)
+    add_ray_train_arguments(g)
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="generator steps between checkpoints (default 500)")
     g.add_argument("--checkpoint-dir", metavar="URI",
-                   help="where generator checkpoints go: a local folder, or with --workers > 1 also "
-                        "s3://bucket/prefix (Ray Train storage; same folder + --resume continues the run)")
+                   help="where generator checkpoints go (default OUT/_staging/checkpoint, on the output's "
+                        "storage): a local folder or s3://bucket/prefix (Ray Train storage, any --workers); "
+                        "same folder + --resume continues the run, from any machine for s3://")
     add_output_arguments(g)
     add_bad_record_argument(p)
     add_storage_arguments(p)
@@ -87,6 +90,7 @@ def run(args) -> int:
         data=args.data, out=args.out, method=args.method, overrides=overrides, config_file=args.config,
         device=args.device, workers=args.workers, regen_actors=args.regen_actors,
         gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume,
+        **ray_train_request_fields(args),
         overwrite=args.overwrite, on_bad_record=args.on_bad_record, shard_rows=args.shard_rows,
         keep_noise=args.keep_noise, checkpoint_dir=args.checkpoint_dir, storage=storage_options(args))
     print(summary(protect(req)))

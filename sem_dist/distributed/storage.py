@@ -1,13 +1,45 @@
 """Ray Train's persistent storage from a URI: a local folder or ``s3://bucket/prefix``.
 
-A custom S3 endpoint (MinIO, moto, Ceph) comes from ``--s3-endpoint`` or ``AWS_ENDPOINT_URL``;
-credentials come from the standard AWS chain and are never put into arguments or logs.
+A custom S3 endpoint (MinIO, moto, Ceph) comes from ``--s3-endpoint`` or ``AWS_ENDPOINT_URL`` and reaches
+Ray Train as ``storage_filesystem``; credentials come from the standard AWS chain and are never put into
+arguments, storage paths or logs.
+
+Every node of a cluster must see the checkpoints (a worker restarted elsewhere, or a run resumed from
+another machine, reads them): by default they live next to the output's staging area on the output's own
+storage, and a node-local folder is refused on a multi-node cluster unless declared shared.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from urllib.parse import urlparse
+
+
+def is_remote(uri: str | None) -> bool:
+    """Whether ``uri`` names object storage (every node reaches it) rather than a path on this machine."""
+    return bool(uri) and urlparse(str(uri)).scheme not in ("", "file")
+
+
+def default_checkpoint_uri(out_uri: str) -> str:
+    """Where a protect run keeps its generator checkpoints by default: ``OUT/_staging/checkpoint``, on the
+    output's storage, removed with the staging area when the output is committed."""
+    parsed = urlparse(out_uri)
+    if not is_remote(out_uri):
+        return str(Path(parsed.path if parsed.scheme else out_uri).expanduser() / "_staging" / "checkpoint")
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}/_staging/checkpoint"
+
+
+def check_cluster_visible(uri: str, shared_fs: bool = False) -> None:
+    """Refuse a node-local checkpoint folder when the connected Ray cluster has more than one node, unless
+    ``shared_fs`` declares it a file system every node mounts (NFS, EFS, Lustre)."""
+    import ray
+
+    if is_remote(uri) or shared_fs:
+        return
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        raise ValueError(f"checkpoint folder {uri} is on this machine, but the Ray cluster has {nodes} nodes that "
+                         "must all see it: use s3://bucket/prefix, or --shared-fs if every node mounts it")
 
 
 def storage_for(uri: str, endpoint: str | None = None, profile: str | None = None):

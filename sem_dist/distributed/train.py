@@ -9,20 +9,28 @@ loss is scaled by W/B so DDP's average equals the global mean: the worker count 
 floating-point summation order and the BatchNorm statistics of θ's training-mode forward, which each
 worker computes over its B/W rows.
 
-The dataset goes into Ray's object store once; workers on a node read it zero-copy from shared memory
-instead of each loading its own copy.
+Two ways to feed the workers:
+- an in-memory ``ArrayDataset`` (small data) goes into Ray's object store once; workers on a node read it
+  zero-copy and sample minibatches from seeded epoch permutations, exactly as the in-process loop does;
+- an image-rows ``ray.data.Dataset`` (any size) is split among the workers by Ray Train
+  (``datasets={"train": ds}``); each worker streams its shard through a seeded local shuffle buffer
+  (``distributed.stream``) and nothing holds the whole dataset. Checkpoints then also store every
+  worker's stream position, and a resumed run with the same worker count replays the same order.
+See docs/ray-train.md for what the buffer changes compared with a full permutation.
 """
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ProtectConfig
+from ..data.storage import DataError
 from ..perturb.generator import CHECKPOINT_NAME, GeneratorTraining, iterate_steps, load_checkpoint, save_checkpoint
+from .resources import DEFAULT_RESOURCE_TIMEOUT_S
+from .stream import DEFAULT_SHUFFLE_BUFFER_ROWS
 
 
 @dataclass
@@ -30,13 +38,26 @@ class RayTrainOptions:
     workers: int = 2
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    storage: str = "~/sem_dist_runs"  # local folder or s3://bucket/prefix
+    storage: str = "~/sem_dist_runs"  # local folder or s3://bucket/prefix (see storage.default_checkpoint_uri)
     name: str = "generator"  # the run's folder under storage; same (storage, name) + resume continues it
     resume: bool = False
     max_failures: int = 2  # worker restarts (from the latest checkpoint) before the run fails
     s3_endpoint: str | None = None
     s3_profile: str | None = None  # a profile name each node resolves; never a secret
     log_every_s: float = 15.0
+    shared_fs: bool = False  # a local storage folder that every node of a multi-node cluster mounts
+    resource_timeout_s: float = DEFAULT_RESOURCE_TIMEOUT_S  # waiting for the autoscaler before failing
+    shuffle_buffer_rows: int = DEFAULT_SHUFFLE_BUFFER_ROWS  # per worker, streamed datasets only
+    on_bad_record: str = "fail"  # streamed datasets: rows whose "error" is set fail the run or are left out
+    stop_after: int | None = None  # end after this many steps with a checkpoint (the run stays resumable)
+
+
+def uses_ray_train(workers: int, checkpoint_uri: str | None) -> bool:
+    """Algorithm 1 runs on Ray Train with several workers, and with one worker when its checkpoints go to
+    object storage (Ray Train's storage layer writes there; the in-process loop writes local files)."""
+    from .storage import is_remote
+
+    return workers > 1 or is_remote(checkpoint_uri)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -44,6 +65,58 @@ def _fmt_eta(seconds: float) -> str:
         return "?"
     h, rem = divmod(int(seconds), 3600)
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def _feed(config: dict, training: GeneratorTraining, state: dict | None, rank: int, world: int):
+    """(this worker's batch iterator, its stream or None)."""
+    import ray
+    import ray.train
+
+    from ..perturb.generator import memory_batches
+    from .stream import ShardStream, StreamPosition
+
+    if "data" in config:
+        return memory_batches(training, ray.get(config["data"]), rank, world), None
+    saved = (state or {}).get("stream") or {}
+    positions = saved.get("positions") or []
+    if len(positions) == world:
+        position = StreamPosition(*positions[rank])
+    else:  # a new run, or a changed worker count: shards differ, so start the current epoch afresh
+        position = StreamPosition(max((e for e, _ in positions), default=0), 0)
+        if positions and rank == 0:
+            print(f"[sem-dist] checkpoint was written by {len(positions)} worker(s), not {world}: "
+                  f"streaming restarts at epoch {position.epoch}", flush=True)
+    shard = ray.train.get_dataset_shard("train")
+    stream = ShardStream(lambda: shard.iter_batches(batch_size=256, batch_format="numpy"),
+                         config["batch_rows"], training.cfg.seed, rank, config["buffer_rows"], position)
+    return iter(stream), stream
+
+
+def _rank0_buffers(batches, model, world: int):
+    """``batches``, with every worker taking rank 0's BatchNorm running statistics before each step.
+    δ^u and δ^a are solved in eval mode on these statistics; without the sync each worker would use its own
+    (updated by its own rows), which a checkpoint (rank 0's) could not restore exactly."""
+    import torch.distributed as dist
+
+    from ..models import unwrap
+
+    buffers = list(unwrap(model).buffers())
+    for batch in batches:
+        if world > 1:
+            for b in buffers:
+                dist.broadcast(b, src=0)
+        yield batch
+
+
+def _stream_positions(stream, world: int) -> list[list[int]]:
+    """Every worker's stream position (rank order), for rank 0's checkpoint."""
+    if world == 1:
+        return [stream.position.to_list()]
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, stream.position.to_list())
+    return gathered
 
 
 def _worker_loop(config: dict) -> None:
@@ -56,67 +129,134 @@ def _worker_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     cfg = ProtectConfig.from_dict(config["cfg"])
-    data = ray.get(config["data"])
-    training = GeneratorTraining.create(cfg, data.num_classes, data.in_channels, data.image_side, device,
-                                        wrap=ray.train.torch.prepare_model)
+    training = GeneratorTraining.create(cfg, *config["dims"], device, wrap=ray.train.torch.prepare_model)
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            training.load_state_dict(load_checkpoint(Path(d) / CHECKPOINT_NAME, device))
+            state = load_checkpoint(Path(d) / CHECKPOINT_NAME, device)
+        training.load_state_dict(state)
+    batches, stream = _feed(config, training, state, rank, world)
     resumed_from = training.step
     every = max(1, cfg.trainer.checkpoint_every)
     total = cfg.trainer.steps
+    stop_at = min(total, resumed_from + config["stop_after"]) if config["stop_after"] else total
     t0 = last_log = time.monotonic()
     if rank == 0:
-        print(f"[sem-dist] Algorithm 1 on {world} worker(s), {device}: steps {resumed_from}→{total}", flush=True)
-    for stats in iterate_steps(training, data, device, rank, world):
+        fed = "in-memory data" if stream is None else f"a streamed shard per worker ({config['batch_rows']} rows/step)"
+        print(f"[sem-dist] Algorithm 1 on {world} worker(s), {device}, {fed}: steps {resumed_from}→{total}",
+              flush=True)
+    for stats in iterate_steps(training, None, device, rank, world,
+                               batches=_rank0_buffers(batches, training.model, world)):
         now = time.monotonic()
         rate = (training.step - resumed_from) / max(now - t0, 1e-9)
-        if rank == 0 and (now - last_log >= config["log_every_s"] or training.done):
+        stopping = training.step >= stop_at
+        if rank == 0 and (now - last_log >= config["log_every_s"] or stopping):
             last_log = now
             print(f"[sem-dist] step {training.step}/{total} · {rate:.2f} steps/s · "
                   f"ETA {_fmt_eta((total - training.step) / rate if rate else float('inf'))} · "
                   f"loss {stats['loss']:.3f}", flush=True)
-        if training.step % every == 0 or training.done:
+        if training.step % every == 0 or stopping:
             metrics = {**stats, "steps_per_s": rate, "resumed_from": resumed_from, "workers": world,
                        "elapsed_s": now - t0}
+            positions = _stream_positions(stream, world) if stream is not None else None
             if rank == 0:
+                saved = training.state_dict()
+                if positions is not None:
+                    saved["stream"] = {"positions": positions}
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(training.state_dict(), Path(tmp) / CHECKPOINT_NAME)
+                    save_checkpoint(saved, Path(tmp) / CHECKPOINT_NAME)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
+        if stopping:
+            break
 
 
-def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None) -> tuple[dict, dict]:
-    """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics."""
+def _dims(data, info) -> tuple[int, int, int]:
+    """(classes, channels, image side) of an in-memory dataset or of a streamed one's ``DatasetInfo``."""
+    if info is not None:
+        return len(info.classes), info.channels, min(info.height, info.width)
+    return data.num_classes, data.in_channels, data.image_side
+
+
+def _feed_config(data, info, cfg: ProtectConfig, opts: RayTrainOptions) -> tuple[dict, dict, object]:
+    """(train_loop_config entries, TorchTrainer ``datasets``, its ``dataset_config``) for either feed."""
     import ray
+    import ray.data
+
+    if not isinstance(data, ray.data.Dataset):
+        return {"data": ray.put(data)}, {}, None
+    from ray.train import DataConfig
+
+    from .stream import BAD_RECORD_POLICIES, check_good_rows, rows_per_worker
+
+    if info is None:
+        raise ValueError("a streamed dataset needs its DatasetInfo (classes, channels, size)")
+    if opts.on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}, not {opts.on_bad_record!r}")
+    if opts.shuffle_buffer_rows < 1:
+        raise ValueError(f"the shuffle buffer must hold >= 1 rows, got {opts.shuffle_buffer_rows}")
+    rows = rows_per_worker(cfg.trainer.batch_size, opts.workers)
+    good = data.map_batches(check_good_rows, fn_kwargs={"policy": opts.on_bad_record}, batch_format="numpy")
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # each epoch's shard order is deterministic: exact resume needs it
+    return ({"batch_rows": rows, "buffer_rows": opts.shuffle_buffer_rows}, {"train": good},
+            DataConfig(execution_options=ingest))
+
+
+def _bad_record(exc: BaseException) -> DataError | None:
+    """The DataError behind a failed run (a worker read a bad record), as a one-line error. Ray wraps it in
+    its task and worker-group errors, whose own messages are truncated: search each worker's full chain."""
+    import re
+
+    seen, todo = set(), [exc, *getattr(exc, "worker_failures", {}).values()]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        match = re.search(r"(bad record [^\n]*)", str(e))
+        if match:
+            return DataError(match.group(1))
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
+def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
+                  info=None) -> tuple[dict, dict]:
+    """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics.
+    ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .cluster import connect
-    from .storage import run_exists, storage_for
+    from .resources import wait_for_resources
+    from .storage import check_cluster_visible, run_exists, storage_for
 
     if opts.workers < 1:
         raise ValueError(f"--workers must be >= 1 for Ray Train, got {opts.workers}")
-    embedded = not (address or os.environ.get("RAY_ADDRESS"))
-    connect(address)
-    if embedded and opts.gpus_per_worker > 0:  # an embedded cluster never grows: fail now, not hang waiting
-        have = ray.cluster_resources().get("GPU", 0)
-        if have < opts.workers * opts.gpus_per_worker:
-            raise ValueError(f"--workers {opts.workers} × --gpus-per-worker {opts.gpus_per_worker:g} needs "
-                             f"{opts.workers * opts.gpus_per_worker:g} GPUs; this machine's Ray has {have:g}")
+    if opts.cpus_per_worker <= 0 or opts.gpus_per_worker < 0:
+        raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
     storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint, opts.s3_profile)
+    connect(address)
+    check_cluster_visible(opts.storage, opts.shared_fs)
+    w, c, g = opts.workers, opts.cpus_per_worker, opts.gpus_per_worker
+    wait_for_resources(w * c, w * g, f"Algorithm 1 (--workers {w} × {c:g} CPU + {g:g} GPU)",
+                       opts.resource_timeout_s, units=w)
     if not opts.resume and run_exists(storage_path, filesystem, opts.name):
         raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
                               "pass --resume to continue it or choose another name")
-    use_gpu = opts.gpus_per_worker > 0
-    resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if use_gpu else {})}
+    feed, datasets, dataset_config = _feed_config(data, info, cfg, opts)
+    use_gpu = g > 0
+    resources = {"CPU": c, **({"GPU": g} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "data": ray.put(data), "log_every_s": opts.log_every_s},
-        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config={"cfg": cfg.to_dict(), "dims": _dims(data, info), "log_every_s": opts.log_every_s,
+                           "stop_after": opts.stop_after, **feed},
+        scaling_config=ScalingConfig(num_workers=w, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        datasets=datasets or None, **({"dataset_config": dataset_config} if dataset_config else {}),
         run_config=RunConfig(name=opts.name, storage_path=storage_path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -124,7 +264,13 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
                              # our own progress lines are enough; Ray's print patch would repeat them
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        bad = _bad_record(exc)
+        if bad is None:
+            raise
+        raise bad from None
     if result.checkpoint is None:
         raise RuntimeError("Ray Train finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -133,7 +279,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
 
 
 def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptions,
-                           address: str | None = None):
+                           address: str | None = None, info=None):
     """``pipeline.fit_method`` on Ray Train: the fitted method and Ray's last metrics. Methods without an
     Algorithm-1 generator (TAP, SC, NTGA) have nothing to spread across workers and fit in-process."""
     import sys
@@ -141,10 +287,13 @@ def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptio
     from ..perturb.methods import MinMinMax, get_method
     from ..pipeline import fit_method
 
-    method = get_method(cfg, data.num_classes, data.in_channels, data.image_side, device)
+    method = get_method(cfg, *_dims(data, info), device)
     if not isinstance(method, MinMinMax):
+        if info is not None:
+            raise ValueError(f"{cfg.method} has no Algorithm-1 generator and fits in one process on in-memory data, "
+                             "not on a streamed dataset")
         print(f"sem-dist: {cfg.method} has no Algorithm-1 generator; fitting in this process", file=sys.stderr)
         return fit_method(cfg, data, device), {"workers": 1}
-    state, metrics = fit_generator(cfg, data, opts, address)
+    state, metrics = fit_generator(cfg, data, opts, address, info)
     method.load_state_dict({"model": state["model"]})
     return method, metrics

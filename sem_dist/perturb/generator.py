@@ -178,13 +178,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def iterate_steps(training: GeneratorTraining, data: BatchSource, device: torch.device,
-                  rank: int = 0, world: int = 1) -> Iterator[dict[str, float]]:
-    """Run the remaining steps; this worker takes rows ``rank::world`` of each global batch."""
+def memory_batches(training: GeneratorTraining, data: BatchSource, rank: int = 0, world: int = 1
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This worker's rows ``rank::world`` of each step's global batch, from seeded epoch permutations."""
     sampler = StepSampler(len(data), training.cfg.trainer.batch_size, training.cfg.seed)
+    while True:
+        yield data.batch(sampler.indices(training.step)[rank::world])
+
+
+def iterate_steps(training: GeneratorTraining, data: BatchSource | None, device: torch.device,
+                  rank: int = 0, world: int = 1,
+                  batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[dict[str, float]]:
+    """Run the remaining steps; this worker takes rows ``rank::world`` of each global batch, from the
+    in-memory ``data`` or, when given, from ``batches`` (e.g. a streamed shard, ``distributed.stream``)."""
+    batches = batches if batches is not None else memory_batches(training, data, rank, world)
     while not training.done:
-        idx = sampler.indices(training.step)[rank::world]
-        x, y = data.batch(idx)
+        x, y = next(batches)
         t0 = time.perf_counter()
         stats = training.run_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), rank, world)
         stats["step"] = training.step

@@ -30,18 +30,26 @@ class FitPlan:
     address: str | None = None
     resume: bool = False
     checkpoint_dir: str = ""  # Algorithm 1's own checkpoints (local folder, or s3:// for Ray Train)
-    s3_endpoint: str | None = None
+    storage: StorageOptions = StorageOptions()
+    cpus_per_worker: float = 1.0
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    shared_fs: bool = False  # a local checkpoint folder every node of a multi-node cluster mounts
 
 
 def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         policy: BadRecordPolicy) -> tuple[NoiseMethod, dict]:
     """The fitted method and the training metrics (workers, steps/s, resumed-from step)."""
     data = load_arrays(inp, policy)
-    if plan.workers > 1:
+    from ..distributed.train import uses_ray_train
+
+    if uses_ray_train(plan.workers, plan.checkpoint_dir):
         from ..distributed.train import RayTrainOptions, fit_method_distributed
 
-        opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker, resume=plan.resume,
-                               storage=plan.checkpoint_dir, s3_endpoint=plan.s3_endpoint)
+        timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
+        opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,
+                               cpus_per_worker=plan.cpus_per_worker, shared_fs=plan.shared_fs, resume=plan.resume,
+                               storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
+                               s3_profile=plan.storage.s3_profile, **timeout)
         return fit_method_distributed(cfg, data, device, opts, plan.address)
     return fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume), {"workers": 1}
 
