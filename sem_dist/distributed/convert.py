@@ -21,7 +21,8 @@ from ..data.plan import portable_uri
 from ..data.records import BadRecordPolicy
 from ..data.sources import open_source, parse_spec
 from ..data.storage import DataError, Location, StorageOptions, open_location
-from .sources import DatasetInfo, read_source_rows
+from ..data.info import DatasetInfo
+from .sources import read_source_rows
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

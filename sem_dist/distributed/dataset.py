@@ -54,11 +54,8 @@ def read_rows(spec: str, storage: StorageOptions, split: str | None = None):
 
     parsed = parse_spec(spec)
     if parsed.kind != "canonical":
-        try:
-            from .sources import read_source_rows
-        except ImportError:
-            raise DataError(f"{parsed.display}: Ray Data reads canonical datasets here; "
-                            "run `sem-dist convert` first") from None
+        from .sources import read_source_rows
+
         return read_source_rows(parsed, storage, split)
     if split:
         spec = f"{spec}{'&' if '?' in spec else '?'}split={split}"

@@ -9,30 +9,18 @@ function the in-process sources use (``sem_dist.data.plan.decode_records``), so 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from ..data.info import DatasetInfo
 from ..data.plan import DECODE_ROWS, ImageSpec, RawRecord, SourcePlan, batched, decode_records
 from ..data.storage import DataError, StorageOptions
 
 if TYPE_CHECKING:
     import ray.data
 
-    from ..data.canonical import Manifest
     from ..data.sources import SourceSpec
-
-
-@dataclass
-class DatasetInfo:
-    count: int | None  # known for canonical data (manifest); None if unknown before reading
-    channels: int
-    height: int
-    width: int
-    classes: list[str]
-    source: dict  # what the manifest records: redacted uri, split, options, resize info
-    manifest: "Manifest | None" = None  # set for canonical inputs
 
 
 def read_source_rows(spec: "SourceSpec", storage: StorageOptions | None, split: str | None = None
