@@ -16,7 +16,7 @@ import numpy as np
 from ..data.images import BadImage, ImageDecoder
 from ..data.info import DatasetInfo
 from ..data.sources import parse_spec
-from ..data.storage import DataError, StorageOptions
+from ..data.storage import StorageOptions
 from ..stages.read import open_input
 
 __all__ = ["DatasetInfo", "read_rows", "decode_rows"]
