@@ -83,6 +83,9 @@ class ProtectRequest:
     workers: int | None = None  # > 1: Algorithm 1 on Ray Train with this many DDP workers
     regen_actors: int | None = None  # Algorithm 4 on Ray Data with this many actors
     gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    shared_fs: bool = False  # a local --checkpoint-dir that every node of a multi-node cluster mounts
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     resume: bool = False
     overwrite: bool = False
