@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 
-def _tree_rss(root: int) -> int:
-    """Sum of RSS over ``root`` and all its descendants (from /proc)."""
+def _tree_rss(root: int) -> tuple[int, int, int]:
+    """(sum of RSS over ``root`` and all its descendants, ``root``'s own RSS, process count), from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -36,32 +36,38 @@ def _tree_rss(root: int) -> int:
             rss[int(d)] = int(fields[21]) * page
         except (OSError, ValueError, IndexError):
             continue
-    total, stack = 0, [root]
+    total, count, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        total, count = total + rss.get(pid, 0), count + 1
         stack += children.get(pid, [])
-    return total
+    return total, rss.get(root, 0), count
 
 
 class PeakRSS:
     """Samples the process tree's RSS in a background thread while the ``with`` block runs."""
 
     def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak = self.driver_peak = self.processes = 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
+    def _sample(self):
+        tree, driver, count = _tree_rss(os.getpid())
+        self.peak, self.driver_peak = max(self.peak, tree), max(self.driver_peak, driver)
+        self.processes = max(self.processes, count)
+
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss(os.getpid()))
+            self._sample()
             self._stop.wait(0.1)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_rss(os.getpid()))
+        self._sample()
 
 
 def _dataset(folder: Path, n: int, shard_rows: int) -> str:
@@ -96,7 +102,7 @@ def _regenerate(generator: str, data: str, out: str, actors: int | None) -> dict
 
 
 def run(quick: bool = False, verbose: bool = True) -> dict:
-    from ..distributed.cluster import connect
+    import ray
 
     os.environ.setdefault("SEM_DIST_PROGRESS", "0" if not verbose else "auto")
     n, shard_rows = (160, 20) if quick else (1000, 50)
@@ -108,7 +114,8 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
         gen = _generator(t / "method.pt", steps, samples)
         data_n = _dataset(t / "data_n", n, shard_rows)
         data_10n = _dataset(t / "data_10n", 10 * n, shard_rows)
-        connect(num_cpus=actors)
+        # a fresh local cluster: without address="local", ray.init joins any `ray start` cluster on the machine
+        ray.init(address="local", num_cpus=actors, _node_ip_address="127.0.0.1", include_dashboard=False)
         local = _regenerate(gen, data_n, str(t / "local"), None)
         if verbose:
             print(f"in-process: {local['images_per_s']:.1f} img/s", flush=True)
@@ -133,6 +140,9 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
         "ray_10x_img_s": ray_10n["images_per_s"],
         "peak_rss_bytes_n": rss_n.peak, "peak_rss_bytes_10x": rss_10n.peak,
         "rss_growth_10x": rss_10n.peak / rss_n.peak, "outputs_identical": same,
+        "driver_peak_rss_bytes_n": rss_n.driver_peak, "driver_peak_rss_bytes_10x": rss_10n.driver_peak,
+        "driver_rss_growth_10x": rss_10n.driver_peak / rss_n.driver_peak,
+        "processes_n": rss_n.processes, "processes_10x": rss_10n.processes,
         "load_avg_1m": os.getloadavg()[0], "cpus": os.cpu_count(), "torch": torch.__version__,
         "machine": platform.machine(),
     }
