@@ -45,7 +45,7 @@ def ray_cluster(moto_endpoint):
     saved = {k: os.environ.get(k) for k in test_env}
     os.environ.update(test_env)
     try:
-        ray.init(num_cpus=4, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
     finally:  # the raylet has its copy; the rest of the session sees the environment it had
         for k, v in saved.items():
             if v is None:

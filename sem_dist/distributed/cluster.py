@@ -27,4 +27,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         # RAY_AUTH_MODE unset: ray.init turns token auth on for the cluster it starts and creates the token
         # (enable_token_auth_by_default in Ray 2.60). Setting the variable here instead would come too late:
         # Ray reads it at import, and a GCS started in token mode without a token aborts.
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", log_to_driver=True)
+        # address="local": always a new embedded cluster, never one a `ray start` on this machine left behind
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 log_to_driver=True)
