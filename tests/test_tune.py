@@ -77,8 +77,8 @@ def test_search_writes_table_and_heat_map_and_names_the_best_trial(ray_cluster, 
 def test_asha_stops_trials_whose_victims_learn(ray_cluster, cli, data_uris, tmp_path):
     """ρ_u = 32/255 keeps victims near chance even from a 6-step generator (we measured 11–18 % over six
     epochs); ρ_u = 1/255 barely protects (60–70 % at epoch 3). Tune's grid varies the alphabetically first
-    key fastest, so the two strong arms (K_a = 1, 2) run first and ASHA stops the weak arms at the epoch-3
-    rung, and no strong one."""
+    key fastest, so the two strong arms (K_a = 1, 2) run first and ASHA stops both weak arms at the epoch-3
+    rung (with reduction factor 2 it may also stop the worse strong arm)."""
     train, test = data_uris
     space = space_file(tmp_path, **{"attack.steps": {"grid": [1, 2]}, "budget.rho_u": {"grid": ["32/255", "1/255"]},
                                     "trainer.steps": 6, "solver.steps": 5, "victim.epochs": 6})
@@ -87,10 +87,9 @@ def test_asha_stops_trials_whose_victims_learn(ray_cluster, cli, data_uris, tmp_
                          "--name", "asha")
     assert code == 0, err[-3000:]
     rows = read_rows((tmp_path / "runs" / "asha" / "results.csv").read_text())
-    stopped = [r for r in rows if r["status"] == "stopped"]
-    assert stopped, rows
-    assert all(float(r["victim_epoch"]) < 6 for r in stopped)
-    assert all(abs(float(r["budget.rho_u"]) - 1 / 255) < 1e-9 for r in stopped), rows  # only the weak arm
+    weak = [r for r in rows if abs(float(r["budget.rho_u"]) - 1 / 255) < 1e-9]
+    assert len(weak) == 2 and all(r["status"] == "stopped" and float(r["victim_epoch"]) < 6 for r in weak), rows
+    assert any(r["status"] == "done" and float(r["budget.rho_u"]) > 1 / 255 for r in rows), rows
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_cluster, cli, data_uris, s3_env,

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -165,6 +166,8 @@ def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
     from ..victims.train import train_victim
 
     os.environ["SEM_DIST_PROGRESS"] = "0"  # this trial's process only: Tune's status table is the progress view
+    # the data arrive zero-copy from the object store, read-only; torch only reads them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     trial_id = tune.get_context().get_trial_id()
     _write(f"{settings.storage}/starts/{trial_id}.{time.time_ns()}.json",
            json.dumps({"trial_id": trial_id, "config": config, "time": time.time()}).encode(), settings.s3_endpoint)
