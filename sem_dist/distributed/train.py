@@ -207,20 +207,21 @@ def _feed_config(data, info, cfg: ProtectConfig, opts: RayTrainOptions) -> tuple
 
 def _bad_record(exc: BaseException) -> DataError | None:
     """The DataError behind a failed run (a worker read a bad record), as a one-line error. Ray wraps it in
-    its task and worker-group errors, whose own messages are truncated: search each worker's full chain."""
+    its task and worker-group errors, whose own messages are truncated tracebacks: search each worker's
+    chain for the original exception, else for its printed form."""
     import re
 
-    seen, todo = set(), [exc, *getattr(exc, "worker_failures", {}).values()]
+    seen, todo, printed = set(), [exc, *getattr(exc, "worker_failures", {}).values()], None
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        match = re.search(r"(bad record [^\n]*)", str(e))
-        if match:
-            return DataError(match.group(1))
+        if type(e) is DataError:
+            return DataError(str(e))
+        printed = printed or re.search(r"DataError: (bad record [^\n]*)", str(e))
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return None
+    return DataError(printed.group(1)) if printed else None
 
 
 def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
