@@ -86,6 +86,7 @@ class ProtectRequest:
     cpus_per_worker: float = 1.0
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     shared_fs: bool = False  # a local --checkpoint-dir that every node of a multi-node cluster mounts
+    stream: bool | None = None  # Ray Train fed through Ray Data (None: for large inputs, see stages.fit)
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     resume: bool = False
     overwrite: bool = False
@@ -263,7 +264,7 @@ def protect(req: ProtectRequest) -> Manifest:
     state, method, metrics = run.staged_method(), None, {}
     if state is None:  # fit, unless a resumed run already has the fitted method
         plan = FitPlan(engine.workers, engine.gpus_per_worker, engine.address, req.resume, ckpt, req.storage,
-                       req.cpus_per_worker, req.resource_timeout_s, req.shared_fs)
+                       req.cpus_per_worker, req.resource_timeout_s, req.shared_fs, req.stream)
         try:
             method, metrics = fit(cfg, inp, resolve_device(req.device), plan, BadRecordPolicy(req.on_bad_record))
         except BadRecord:
@@ -277,7 +278,8 @@ def protect(req: ProtectRequest) -> Manifest:
         "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
         "layout": {**trainer_layout(cfg.trainer), "amp": cfg.trainer.amp},
         "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker, "device": str(resolve_device(req.device)),
-        "train_workers": int(metrics.get("workers", 1)), "train_steps_per_s": metrics.get("steps_per_s"),
+        "train_workers": int(metrics.get("workers", 1)), "train_feed": metrics.get("feed"),
+        "train_steps_per_s": metrics.get("steps_per_s"),
         "train_resumed_from_step": metrics.get("resumed_from"), "fingerprint": fp,
         "timings": {"load_s": t_loaded - t_start, "fit_s": t_fit - t_loaded},
     }

@@ -2,6 +2,8 @@
 that train a generator."""
 from __future__ import annotations
 
+import argparse
+
 from ..distributed.resources import RESOURCE_TIMEOUT_HELP
 
 
@@ -12,6 +14,9 @@ def add_ray_train_arguments(g) -> None:
     g.add_argument("--shared-fs", action="store_true",
                    help="a local --checkpoint-dir is on a file system every node of the Ray cluster mounts "
                         "(NFS, EFS, ...); without it a local folder is refused on a multi-node cluster")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="Ray Train workers stream the input from storage through Ray Data instead of one in-memory "
+                        "copy in the object store (default: stream inputs of 256 MiB of pixels or more)")
 
 
 def ray_train_request_fields(args) -> dict:
@@ -21,4 +26,4 @@ def ray_train_request_fields(args) -> dict:
     if args.resource_timeout is not None and args.resource_timeout < 0:
         raise ValueError(f"--resource-timeout must be >= 0 seconds, got {args.resource_timeout:g}")
     return {"cpus_per_worker": args.cpus_per_worker, "resource_timeout_s": args.resource_timeout,
-            "shared_fs": args.shared_fs}
+            "shared_fs": args.shared_fs, "stream": args.stream}

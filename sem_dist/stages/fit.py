@@ -1,6 +1,11 @@
 """Fit stage (Algorithm 1, or whatever the method learns): in this process (``pipeline.fit_method``) or
 on Ray Train (``distributed.train.fit_method_distributed``) — same inputs, same fitted method.
 
+On Ray Train the data reaches the workers one of two ways: small inputs (below ``stream_min_bytes`` of
+pixels) are loaded once and put into the object store, exactly as the in-process loop samples them;
+larger ones (or any, with ``--stream``) stream from storage through Ray Data (``distributed.dataset.
+read_rows``), so neither the driver nor any worker ever holds the whole split (docs/ray-train.md).
+
 The fitted method is then saved as one small checkpoint (:func:`save_method`) next to the output's
 staging area: regeneration workers load it from there, and ``--resume`` skips fitting when it exists.
 """
@@ -21,6 +26,7 @@ from ..pipeline import fit_method
 from .read import Input, load_arrays
 
 METHOD_CHECKPOINT = "method.pt"
+STREAM_MIN_BYTES = 256 << 20  # pixels below this go into the object store once; above, they stream
 
 
 @dataclass
@@ -34,24 +40,50 @@ class FitPlan:
     cpus_per_worker: float = 1.0
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     shared_fs: bool = False  # a local checkpoint folder every node of a multi-node cluster mounts
+    stream: bool | None = None  # Ray Train fed by Ray Data: None = when the input has >= stream_min_bytes
+    stream_min_bytes: int = STREAM_MIN_BYTES
 
 
 def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         policy: BadRecordPolicy) -> tuple[NoiseMethod, dict]:
     """The fitted method and the training metrics (workers, steps/s, resumed-from step)."""
-    data = load_arrays(inp, policy)
     from ..distributed.train import uses_ray_train
 
-    if uses_ray_train(plan.workers, plan.checkpoint_dir):
-        from ..distributed.train import RayTrainOptions, fit_method_distributed
+    if not uses_ray_train(plan.workers, plan.checkpoint_dir):
+        data = load_arrays(inp, policy)
+        method = fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume)
+        return method, {"workers": 1, "feed": "in-process"}
+    from ..distributed.train import RayTrainOptions, fit_method_distributed
 
-        timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
-        opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,
-                               cpus_per_worker=plan.cpus_per_worker, shared_fs=plan.shared_fs, resume=plan.resume,
-                               storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
-                               s3_profile=plan.storage.s3_profile, **timeout)
-        return fit_method_distributed(cfg, data, device, opts, plan.address)
-    return fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume), {"workers": 1}
+    timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
+    opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,
+                           cpus_per_worker=plan.cpus_per_worker, shared_fs=plan.shared_fs, resume=plan.resume,
+                           storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
+                           s3_profile=plan.storage.s3_profile, on_bad_record=policy.mode, **timeout)
+    if streams(cfg, inp, plan):
+        from ..distributed.dataset import read_rows
+
+        ds, info = read_rows(inp.spec, plan.storage)
+        method, metrics = fit_method_distributed(cfg, ds, device, opts, plan.address, info=info)
+        return method, {**metrics, "feed": "ray-data"}
+    method, metrics = fit_method_distributed(cfg, load_arrays(inp, policy), device, opts, plan.address)
+    return method, {**metrics, "feed": "object-store"}
+
+
+def streams(cfg: ProtectConfig, inp: Input, plan: FitPlan) -> bool:
+    """Whether Ray Train reads the input through Ray Data rather than from one in-memory copy. Only the
+    Algorithm-1 generators stream, with a global batch the workers split evenly (see distributed.stream)."""
+    from ..perturb.methods import MinMinMax
+
+    ok = cfg.method in MinMinMax.names and cfg.trainer.batch_size % plan.workers == 0
+    if plan.stream is not None:
+        if plan.stream and not ok:
+            raise ValueError(f"--stream needs an Algorithm-1 method and a batch size divisible by --workers "
+                             f"({cfg.method}, B = {cfg.trainer.batch_size}, {plan.workers} workers)")
+        return plan.stream
+    info = inp.info
+    size = None if info.count is None else info.count * info.channels * info.height * info.width
+    return ok and (size is None or size >= plan.stream_min_bytes)
 
 
 def save_method(state: dict, folder: Location) -> None:

@@ -1,8 +1,8 @@
 """Read stage: a source spec → the split to protect and what is known about it without its pixels.
 
 The Ray counterpart is :func:`sem_dist.distributed.dataset.read_rows` (the same :class:`DatasetInfo`).
-Only the in-process Algorithm 1 ever holds the whole split (:func:`load_arrays`); regeneration streams
-it shard by shard.
+Only Algorithm 1 on small data ever holds the whole split (:func:`load_arrays`); regeneration streams it
+shard by shard, and Algorithm 1 on Ray Train streams large inputs through Ray Data (``stages.fit``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Input:
     split: Split
     info: DatasetInfo
     location: Location | None  # the source's root, for the output-inside-input check
+    spec: str = ""  # the source spec it was opened from (Ray readers open it again on the workers' side)
 
     @property
     def canonical(self) -> bool:
@@ -47,7 +48,7 @@ def open_input(spec: str, storage: StorageOptions) -> Input:
             raise DataError(f"{sp.display}: the dataset is empty")
         c, h, w = first.images.shape[1:]
         info = DatasetInfo(None, c, h, w, list(sp.classes), record)
-    return Input(sp, info, source.location)
+    return Input(sp, info, source.location, spec)
 
 
 def load_arrays(inp: Input, policy: BadRecordPolicy) -> ArrayDataset:
