@@ -15,6 +15,8 @@ Every random draw the solvers make goes through a stream whose ``rand(*shape)`` 
 The hash (scheme :data:`RNG_SCHEME`) is SplitMix64 (Steele, Lea & Flood 2014): with the finaliser
 mix(z) = z ⊕ (z ≫ 31) of z ← (z ⊕ (z ≫ 30))·M1, z ← (z ⊕ (z ≫ 27))·M2, all mod 2^64,
 
+    row key     k_i = blake2b-64(seed, sample id)  (Algorithm 4)  or  mix(s + (r + 1)·G)  (Algorithm 1,
+                global row r of the step keyed s = step_seed(seed, step), a 63-bit blake2b)
     draw key    k_{i,d} = mix(k_i + (d + 1)·G2)
     hash c      h_{i,d,c} = mix(k_{i,d} + (c + 1)·G)      (the c-th SplitMix64 output seeded k_{i,d})
     floats      u_{i,d,2c} = (bits 63–40 of h)·2^-24,  u_{i,d,2c+1} = (bits 31–8 of h)·2^-24
