@@ -14,7 +14,6 @@ import os
 import platform
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np

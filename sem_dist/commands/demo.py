@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 NAME = "demo"
 HELP = "protect the bundled digits with SEM and evaluate victims (a few minutes on CPU)"

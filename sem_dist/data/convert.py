@@ -71,21 +71,24 @@ def convert_split(sp: Split, out: Location, options: dict[str, str], shard_rows:
     return manifest
 
 
-def convert(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
-            overwrite: bool = False, storage: StorageOptions | None = None) -> dict[str, Manifest]:
-    """Write every split of ``spec`` to ``dest`` (``dest/<split>`` for sources with splits)."""
+def convert_targets(spec: str, dest: str, overwrite: bool, storage: StorageOptions | None):
+    """What a convert writes, checked before anything is: ``(source, parsed spec, [(split, folder)])`` —
+    ``dest/<split>`` for sources with splits, ``dest`` itself for one split."""
     parsed = parse_spec(spec)
     source = open_source(parsed, storage)
     out = open_location(dest, storage)
     check_not_nested(source.location, out, "SOURCE", "DEST")
     prepare_output(out, "DEST", overwrite=overwrite)
     names = [source.resolve_split(parsed.split)] if parsed.split else source.split_names()
-    written = {}
-    for name in names:
-        policy = BadRecordPolicy(on_bad_record)
-        folder = out.child(name) if name and not parsed.split else out
-        written[name] = convert_split(source.split(name), folder, parsed.options, shard_rows, policy)
-    return written
+    return source, parsed, [(name, out.child(name) if name and not parsed.split else out) for name in names]
+
+
+def convert(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
+            overwrite: bool = False, storage: StorageOptions | None = None) -> dict[str, Manifest]:
+    """Write every split of ``spec`` to ``dest`` (``dest/<split>`` for sources with splits)."""
+    source, parsed, targets = convert_targets(spec, dest, overwrite, storage)
+    return {name: convert_split(source.split(name), folder, parsed.options, shard_rows,
+                                BadRecordPolicy(on_bad_record)) for name, folder in targets}
 
 
 def save_dataset(data: ArrayDataset, uri: str, shard_rows: int | None = None, overwrite: bool = False,

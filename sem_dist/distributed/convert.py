@@ -8,6 +8,7 @@ the driver grows with the number of shards and 8 bytes per image, never with pix
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -15,13 +16,11 @@ import uuid
 import numpy as np
 
 from ..data.canonical import SHARD_PREFIX, DatasetWriter, Manifest, ShardInfo, read_shard, shard_name, write_shard
-from ..data.convert import default_shard_rows, new_manifest
-from ..data.output import check_not_nested, prepare_output
+from ..data.convert import convert_targets, default_shard_rows, new_manifest
 from ..data.plan import portable_uri
 from ..data.records import BadRecordPolicy
-from ..data.sources import open_source, parse_spec
-from ..data.storage import DataError, Location, StorageOptions, open_location
 from ..data.info import DatasetInfo
+from ..data.storage import DataError, Location, StorageOptions, open_location
 from .sources import read_source_rows
 
 
@@ -37,18 +36,14 @@ def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_reco
     """:func:`sem_dist.data.convert.convert` with the reading, decoding and encoding on Ray."""
     from .cluster import connect
 
-    storage = StorageOptions((storage or StorageOptions()).endpoint())
-    parsed = parse_spec(spec)
-    source = open_source(parsed, storage)
-    out = open_location(dest, storage)
-    check_not_nested(source.location, out, "SOURCE", "DEST")
-    prepare_output(out, "DEST", overwrite=overwrite)
-    names = [source.resolve_split(parsed.split)] if parsed.split else source.split_names()
+    storage = storage or StorageOptions()
+    # the endpoint resolved here travels to the tasks as an explicit option (a profile name goes as it is)
+    storage = dataclasses.replace(storage, s3_endpoint=storage.endpoint())
+    _, parsed, targets = convert_targets(spec, dest, overwrite, storage)
     connect(address)
     written = {}
-    for name in names:
+    for name, folder in targets:
         ds, info = read_source_rows(parsed, storage, name or None)
-        folder = out.child(name) if name and not parsed.split else out
         written[name] = write_rows(ds, info, folder, storage, shard_rows, BadRecordPolicy(on_bad_record))
     return written
 

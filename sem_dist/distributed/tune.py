@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from ..data.storage import refuse_credentials
 
 from .search_space import Space, load_space, parse_space, protect_config, to_ray, victim_config
 
@@ -229,8 +229,7 @@ def _check(req: SearchRequest) -> None:
         raise ValueError(f"--subset must be >= 1, got {req.subset}")
     if req.reduction_factor <= 1:
         raise ValueError(f"--reduction-factor must be > 1, got {req.reduction_factor}")
-    if "@" in urlparse(req.storage).netloc:
-        raise ValueError("--storage must not carry credentials (use the AWS credential chain)")
+    refuse_credentials(req.storage, "--storage")
     if req.search == "optuna":
         try:
             import optuna  # noqa: F401
