@@ -59,6 +59,15 @@ class Engine:
     def ray_regen(self) -> bool:
         return self.regen_actors is not None
 
+    @property
+    def on_ray(self) -> bool:
+        return self.workers > 1 or self.ray_regen or self.address is not None
+
+    def driver_device(self, requested: str) -> str:
+        """The device of work left in this process. On Ray every GPU used is one Ray allocated, so the
+        driver's own (unallocated) GPU is not taken by ``auto``; an explicit ``--device`` still is."""
+        return "cpu" if self.on_ray and requested == "auto" else requested
+
 
 @dataclass
 class OutputOptions:
@@ -98,7 +107,7 @@ class ProtectRequest:
 
     def output(self) -> OutputOptions:
         return OutputOptions(self.out, self.resume, self.overwrite, self.on_bad_record, self.shard_rows,
-                             self.keep_noise, self.device, self.storage)
+                             self.keep_noise, self.engine().driver_device(self.device), self.storage)
 
     def engine(self) -> Engine:
         return Engine.from_flags(self.workers, self.regen_actors, self.gpus_per_worker, self.address)
@@ -122,7 +131,7 @@ class RegenerateRequest:
 
     def output(self) -> OutputOptions:
         return OutputOptions(self.out, self.resume, self.overwrite, self.on_bad_record, self.shard_rows,
-                             self.keep_noise, self.device, self.storage)
+                             self.keep_noise, self.engine().driver_device(self.device), self.storage)
 
     def engine(self) -> Engine:
         return Engine.from_flags(None, self.regen_actors, self.gpus_per_worker, self.address)
@@ -262,11 +271,12 @@ def protect(req: ProtectRequest) -> Manifest:
     t_loaded = time.perf_counter()
 
     state, method, metrics = run.staged_method(), None, {}
+    device = resolve_device(run.opts.device)
     if state is None:  # fit, unless a resumed run already has the fitted method
         plan = FitPlan(engine.workers, engine.gpus_per_worker, engine.address, req.resume, ckpt, req.storage,
                        req.cpus_per_worker, req.resource_timeout_s, req.shared_fs, req.stream)
         try:
-            method, metrics = fit(cfg, inp, resolve_device(req.device), plan, BadRecordPolicy(req.on_bad_record))
+            method, metrics = fit(cfg, inp, device, plan, BadRecordPolicy(req.on_bad_record))
         except BadRecord:
             run.writer.abandon()
             raise
@@ -277,7 +287,7 @@ def protect(req: ProtectRequest) -> Manifest:
     protection = {
         "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
         "layout": {**trainer_layout(cfg.trainer), "amp": cfg.trainer.amp},
-        "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker, "device": str(resolve_device(req.device)),
+        "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker, "device": str(device),
         "train_workers": int(metrics.get("workers", 1)), "train_feed": metrics.get("feed"),
         "train_steps_per_s": metrics.get("steps_per_s"),
         "train_resumed_from_step": metrics.get("resumed_from"), "fingerprint": fp,
@@ -302,6 +312,6 @@ def regenerate_dataset(req: RegenerateRequest) -> Manifest:
     save_method(state, run.staging)
     protection = {"method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
                   "fingerprint": fp,
-                  "generator": {"uri": redact_uri(req.generator), "sha256": sha}, "device": req.device,
+                  "generator": {"uri": redact_uri(req.generator), "sha256": sha}, "device": run.opts.device,
                   "timings": {"load_s": time.perf_counter() - t_start}}
     return run.regenerate_and_commit(state, None, protection)

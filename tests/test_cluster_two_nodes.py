@@ -224,6 +224,7 @@ def test_protect_job_runs_on_both_nodes(two_nodes, protect_job, tiny_digits, mon
     train = tiny_digits[0]
     assert got.ids == train.ids and got.meta["manifest"]["count"] == len(train)
     assert got.meta["manifest"]["protection"]["train_workers"] == 2
+    assert got.meta["manifest"]["protection"]["regeneration"]["engine"] == "ray-data"
     assert (abs(got.images.astype(int) - train.images.astype(int)).max()) <= 8  # ρ_u = 8/255
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="ckpt/")["Contents"]]
     assert any(k.startswith("ckpt/generator/checkpoint_") and k.endswith(".pt") for k in keys), keys
@@ -258,6 +259,22 @@ def test_job_with_a_missing_bucket_fails_with_one_line(two_nodes):
     assert len(errors) == 1 and errors[0].startswith("jobs/protect.py: error: s3://no-such-bucket-9q/data: "), logs
     assert "bucket does not exist" in errors[0]
     assert "Traceback" not in logs
+
+
+def test_node_local_checkpoint_folder_is_refused_on_two_nodes(two_nodes, protect_job, tmp_path):
+    """A checkpoint folder only the driver's machine has would be lost (or refused by Ray Train) when a
+    worker on the other node restarts: refused in one line unless declared shared."""
+    bucket, _, s3 = protect_job
+    folder = tmp_path / "ckpt"
+    done = two_nodes.submit("jobs/protect.py", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/local-ckpt",
+                            "--workers", "2", "--checkpoint-dir", str(folder), *TINY)
+    assert done.returncode != 0
+    jid = job_id(done.stdout)
+    assert two_nodes.get(f"/api/jobs/{jid}")["status"] == "FAILED"
+    errors = [line for line in two_nodes.get(f"/api/jobs/{jid}/logs")["logs"].splitlines() if "error:" in line]
+    assert errors == [f"jobs/protect.py: error: checkpoint folder {folder} is on this machine, but the Ray cluster "
+                      "has 2 nodes that must all see it: use s3://bucket/prefix, or --shared-fs if every node mounts "
+                      "it"], errors
 
 
 def test_planted_secret_appears_nowhere(two_nodes, protect_job):
