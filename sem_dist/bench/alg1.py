@@ -16,6 +16,8 @@ import platform
 import statistics
 import time
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -49,12 +51,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, fn) -> float:
+def _timed(device: torch.device, fn, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def _input_grad_pass(model, x, y) -> None:
@@ -71,13 +73,14 @@ def _train_pass(model, opt, x, y) -> None:
     opt.step()
 
 
-def profiled_steps(training: GeneratorTraining, x, y, steps: int) -> tuple[list[float], StepProfile]:
-    """Run ``steps`` Algorithm-1 steps under the profile; their wall times and the profile."""
-    profile = StepProfile()
+def profiled_steps(training: GeneratorTraining, x, y, steps: int,
+                   clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], StepProfile]:
+    """Run ``steps`` Algorithm-1 steps under the profile; their times (by ``clock``) and the profile."""
+    profile = StepProfile(clock)
     times = []
     with instrument(profile, training.model, training.optimizer):
         for _ in range(steps):
-            times.append(_timed(x.device, lambda: training.run_step(x, y)))
+            times.append(_timed(x.device, lambda: training.run_step(x, y), clock))
     return times, profile
 
 

@@ -27,16 +27,18 @@ PARTS = ("passes", "transform", "random", "project", "other")
 class StepProfile:
     """Exclusive time per part, accumulated over the sections entered while it is installed."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        # wall time for benchmarks; a test passes time.process_time, which other processes' load cannot skew
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # [start, time spent in nested sections]
 
     def enter(self) -> None:
-        self._stack.append([time.perf_counter(), 0.0])
+        self._stack.append([self.clock(), 0.0])
 
     def leave(self, part: str) -> None:
         start, nested = self._stack.pop()
-        elapsed = time.perf_counter() - start
+        elapsed = self.clock() - start
         self.seconds[part] += elapsed - nested
         if self._stack:
             self._stack[-1][1] += elapsed
