@@ -221,6 +221,7 @@ class Run:
         staging = worker_uri(self.staging)
         job = RegenJob(input_uri=worker_uri(self.inp.split.location), staging_uri=staging,
                        method_uri=f"{staging}/{METHOD_CHECKPOINT}", s3_endpoint=self.opts.storage.s3_endpoint,
+                       s3_profile=self.opts.storage.s3_profile,
                        keep_noise=self.opts.keep_noise, on_bad_record=self.opts.on_bad_record)
         opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
                                address=self.engine.address, progress=enabled())

@@ -61,7 +61,10 @@ def read_rows(spec: str, storage: StorageOptions, split: str | None = None):
         spec = f"{spec}{'&' if '?' in spec else '?'}split={split}"
     inp = open_input(spec, storage)
     info, folder = inp.info, inp.split.location
-    root, filesystem = storage_for(folder.display, storage.s3_endpoint) if not folder.is_local else (folder.path, None)
+    if folder.is_local:
+        root, filesystem = folder.path, None
+    else:
+        root, filesystem = storage_for(folder.display, storage.s3_endpoint, storage.s3_profile)
     paths = [f"{root}/{s.name}" for s in info.manifest.shards]
     ds = ray.data.read_parquet(paths, filesystem=filesystem, columns=["id", "image", "label"])
     rows = ds.map_batches(decode_rows, batch_format="pyarrow",

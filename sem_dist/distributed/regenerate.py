@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ..data.records import BadRecord
-from ..data.storage import DataError, StorageOptions
+from ..data.storage import DataError
 from ..device import resolve_device
 from ..perturb.methods import method_from_state
 from ..stages.fit import read_checkpoint
@@ -39,7 +39,7 @@ class UnitRegenerator:
     def __init__(self, job: dict):
         self.job = RegenJob(**job)
         self.device = resolve_device(self.job.device)
-        state, _ = read_checkpoint(self.job.method_uri, StorageOptions(self.job.s3_endpoint))
+        state, _ = read_checkpoint(self.job.method_uri, self.job.storage)
         self.method = method_from_state(state, self.device)
         self.src, self.manifest, self.staging = self.job.open()
 

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..data.arrays import ArrayDataset
 from ..data.canonical import Manifest, ShardInfo, read_manifest, read_shard, shard_name, write_shard
 from ..data.convert import shards_of
 from ..data.records import BadRecordPolicy, Chunk, checked, concat
@@ -96,8 +97,7 @@ def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, stagi
     """Algorithm 4 over one unit's records, then its protected images (and noise) to ``staging``."""
     noise = np.empty(chunk.images.shape, dtype=np.int8)
     pos = 0
-    batches = ((chunk.ids[s:s + b], chunk.images[s:s + b], chunk.labels[s:s + b])
-               for b in [method.regen_batch_size()] for s in range(0, len(chunk), b))
+    batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
     for ids, part in regenerate(method, batches, device):
         noise[pos:pos + len(ids)] = part
         pos += len(ids)
@@ -135,9 +135,14 @@ class RegenJob:
     keep_noise: bool
     on_bad_record: str
     device: str = "cpu"
+    s3_profile: str | None = None  # a profile name each node resolves itself; never a secret
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(self.s3_endpoint, self.s3_profile)
 
     def open(self) -> tuple[Location, Manifest, Location]:
-        storage = StorageOptions(self.s3_endpoint)
+        storage = self.storage
         src = open_location(self.input_uri, storage)
         return src, read_manifest(src), open_location(self.staging_uri, storage)
 
