@@ -33,7 +33,7 @@ from .rng import RNG_SCHEME
 from .stages.commit import already_done, commit
 from .stages.fit import METHOD_CHECKPOINT, FitPlan, fit, read_checkpoint, save_method
 from .stages.read import Input, open_input
-from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local
+from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local, unit_count
 
 
 @dataclass
@@ -46,14 +46,15 @@ class Engine:
     gpus_per_worker: float = 0.0
     address: str | None = None
     implied: bool = False  # Ray Data only because --workers/--address were given: may fall back in-process
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
 
     @classmethod
     def from_flags(cls, workers: int | None, regen_actors: int | None, gpus_per_worker: float,
-                   address: str | None) -> "Engine":
+                   address: str | None, resource_timeout_s: float | None = None) -> "Engine":
         implied = regen_actors is None and (workers is not None or address is not None)
         if implied:
             regen_actors = max(workers or 1, 1)
-        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied)
+        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied, resource_timeout_s)
 
     @property
     def ray_regen(self) -> bool:
@@ -110,7 +111,8 @@ class ProtectRequest:
                              self.keep_noise, self.engine().driver_device(self.device), self.storage)
 
     def engine(self) -> Engine:
-        return Engine.from_flags(self.workers, self.regen_actors, self.gpus_per_worker, self.address)
+        return Engine.from_flags(self.workers, self.regen_actors, self.gpus_per_worker, self.address,
+                                 self.resource_timeout_s)
 
 
 @dataclass
@@ -189,16 +191,16 @@ class Run:
         method when this process has it; the Ray engine's actors load ``_staging/method.pt`` instead."""
         done = Ledger(self.staging).finished()
         t0 = time.perf_counter()
+        job, pool = self.job(), {}
         try:
             if self.engine.ray_regen:
-                new = self._regenerate_ray(done)
+                new, pool = self._regenerate_ray(job, done)
                 results = [*done.values(), *new]
             else:
+                device = resolve_device(self.opts.device)
                 if method is None:
-                    method = method_from_state(state, resolve_device(self.opts.device))
-                results = list(regenerate_local(method, self.inp, self.staging, done,
-                                                resolve_device(self.opts.device), self.opts.keep_noise,
-                                                self.opts.on_bad_record, self.opts.shard_rows))
+                    method = method_from_state(state, device)
+                results = list(regenerate_local(method, self.inp, job, done, device))
                 new = [r for r in results if r.index not in done]
         except BadRecord:
             self.writer.abandon()  # nothing half-written under OUT; the input is never touched
@@ -207,36 +209,52 @@ class Run:
         images = sum(r.rows for r in new)
         regen = {"engine": "ray-data" if self.engine.ray_regen else "in-process",
                  "actors": self.engine.regen_actors or 1, "gpus_per_actor": self.engine.gpus_per_worker,
-                 "images": images, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None}
+                 "images": images, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None,
+                 **pool}
         timings = {**protection.pop("timings", {}), "regenerate_s": seconds,
                    "total_s": time.perf_counter() - self.t_start}
         protection = {**protection, "regeneration": regen, "timings": timings,
                       "resumed": bool(self.opts.resume and self.state is OutputState.PARTIAL)}
         return commit(self.writer, self.inp.info, results, protection, self.opts.keep_noise)
 
-    def _regenerate_ray(self, done: dict[int, UnitResult]) -> list[UnitResult]:
-        from .distributed.regenerate import RayRegenOptions, regenerate_ray
+    def job(self) -> RegenJob:
+        """The regeneration job as any worker (or this process) runs it: URIs without secrets."""
+        staging, inp, opts = worker_uri(self.staging), self.inp, self.opts
+        source = ({"plan": inp.plan, "image": inp.image} if inp.plan is not None else
+                  {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
+        return RegenJob(staging_uri=staging, method_uri=f"{staging}/{METHOD_CHECKPOINT}",
+                        s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile, keep_noise=opts.keep_noise,
+                        on_bad_record=opts.on_bad_record, shard_rows=opts.shard_rows, **source)
+
+    def _regenerate_ray(self, job: RegenJob, done: dict[int, UnitResult]) -> tuple[list[UnitResult], dict]:
+        """The new results and the pool's timings: its start-up, and images/s of the work after it."""
+        from .distributed.regenerate import RayRegenOptions, RayRegenStats, regenerate_ray
         from .progress import enabled
 
-        staging = worker_uri(self.staging)
-        job = RegenJob(input_uri=worker_uri(self.inp.split.location), staging_uri=staging,
-                       method_uri=f"{staging}/{METHOD_CHECKPOINT}", s3_endpoint=self.opts.storage.s3_endpoint,
-                       s3_profile=self.opts.storage.s3_profile,
-                       keep_noise=self.opts.keep_noise, on_bad_record=self.opts.on_bad_record)
+        timeout = {} if self.engine.resource_timeout_s is None else {"resource_timeout_s":
+                                                                     self.engine.resource_timeout_s}
         opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
-                               address=self.engine.address, progress=enabled())
-        return list(regenerate_ray(job, pending_units(self.inp.info.manifest, done), opts))
+                               address=self.engine.address, progress=enabled(), **timeout)
+        stats = RayRegenStats()
+        new = list(regenerate_ray(job, pending_units(unit_count(self.inp, self.opts.shard_rows), done), opts, stats))
+        if not new:
+            return new, {}
+        images = sum(r.rows for r in new)
+        return new, {"pool_startup_s": stats.startup_s,
+                     "images_per_s_after_startup": images / stats.work_s if stats.work_s > 0 else None}
 
 
 def _ray_regen_or_fallback(inp: Input, opts: OutputOptions, engine: Engine) -> Engine:
-    """The engine for Algorithm 4. Ray Data needs a canonical input, the input's shards as units and URIs
-    without secrets (workers get credentials from their own environment, never from the driver). When it
-    was only implied by --workers/--address, the first two fall back to this process with a note."""
+    """The engine for Algorithm 4. Ray Data runs units any worker can read on its own: a canonical input's
+    shards, or a file-backed source's files/folders (``unit_count``), through URIs without secrets (workers
+    get credentials from their own environment, never from the driver). When it was only implied by
+    --workers/--address, other inputs fall back to this process with a note."""
     why = None
-    if not inp.canonical:
-        why = f"{inp.split.display} is not a canonical dataset (run `sem-dist convert` first)"
-    elif opts.shard_rows is not None:
+    if inp.canonical and opts.shard_rows is not None:
         why = "--shard-rows re-cuts the output, and on Ray each input shard is one unit (re-shard with convert)"
+    elif unit_count(inp, opts.shard_rows) is None:
+        why = (f"{inp.split.display} is read in this process (Ray reads canonical datasets, imagefolder:, "
+               "parquet: and webdataset:; run `sem-dist convert` first)")
     if why is None:  # URIs with credentials never get here: open_location refuses them
         return engine
     if not engine.implied:

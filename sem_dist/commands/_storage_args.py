@@ -35,7 +35,8 @@ def add_ray_arguments(g, train: bool) -> None:
                             "any value also regenerates on Ray Data (default: everything in this process)")
     g.add_argument("--regen-actors", type=int, metavar="K",
                    help="Algorithm-4 actors on Ray Data, each holding one copy of the generator and protecting one "
-                        "input shard at a time (default: --workers, or in-process when no Ray flag is given)")
+                        "unit at a time: an input shard, class folder, Parquet file or tar shard (default: "
+                        "--workers, or in-process when no Ray flag is given)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per Ray worker and per regeneration actor (fractions share a GPU; 0 = CPU only)")
     g.add_argument("--address", metavar="ADDR",
@@ -50,7 +51,8 @@ def add_output_arguments(g) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="replace a dataset sem-dist wrote at --out (never deletes anything else)")
     g.add_argument("--shard-rows", type=int, metavar="N",
-                   help="images per output shard (default: the input's shards; in-process only)")
+                   help="images per output shard (default: a canonical input's shards, re-cut in-process only; "
+                        "imagefolder/parquet/webdataset: ~64 MiB of pixels per shard, cut within each folder/file)")
     g.add_argument("--keep-noise", action="store_true",
                    help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
 

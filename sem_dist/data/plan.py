@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .info import DatasetInfo
 from .images import CHANNEL_MODES, BadImage, check_size, decode_image
 from .records import BadRecordPolicy, Chunk
 from .source import Split
@@ -143,20 +144,31 @@ class SourcePlan:
                 return ImageSpec(self.channels, arr.shape[1], arr.shape[2])
         return ImageSpec(self.channels, 0, 0)  # nothing decodes: every record is bad, as it will say
 
+    def info(self, image: ImageSpec) -> DatasetInfo:
+        """What is known before reading pixels (``image`` from :meth:`image_spec`), as the manifest records it."""
+        from .convert import source_record  # convert reads plan sources: imported here, not at the top
+
+        return DatasetInfo(None, image.channels, image.height, image.width, list(self.classes),
+                           source_record(self.as_split(), self.options))
+
     def resize_record(self) -> dict | None:
         return {"size": self.resize, "rule": RESIZE_RULE} if self.resize else None
 
+    def unit_chunks(self, unit: str, spec: ImageSpec, policy: BadRecordPolicy) -> Iterator[Chunk]:
+        """One unit decoded in batches of ``DECODE_ROWS``, bad rows to ``policy``."""
+        for batch in batched(self.reader.records(unit), DECODE_ROWS):
+            rows = decode_records(batch, self.reader.fetch, spec, len(self.classes))
+            keep = [i for i, e in enumerate(rows["error"]) if not e]
+            for i in (i for i, e in enumerate(rows["error"]) if e):
+                policy.reject(rows["id"][i], self.display, rows["error"][i])
+            if keep:
+                yield Chunk([rows["id"][i] for i in keep], rows["image"][keep], rows["label"][keep], self.display)
+
     def chunks(self, policy: BadRecordPolicy) -> Iterator[Chunk]:
-        """The in-process run of the plan: unit after unit, decoded in batches, bad rows to ``policy``."""
+        """The in-process run of the plan: unit after unit."""
         spec = self.image_spec()
         for unit in self.units:
-            for batch in batched(self.reader.records(unit), DECODE_ROWS):
-                rows = decode_records(batch, self.reader.fetch, spec, len(self.classes))
-                keep = [i for i, e in enumerate(rows["error"]) if not e]
-                for i in (i for i, e in enumerate(rows["error"]) if e):
-                    policy.reject(rows["id"][i], self.display, rows["error"][i])
-                if keep:
-                    yield Chunk([rows["id"][i] for i in keep], rows["image"][keep], rows["label"][keep], self.display)
+            yield from self.unit_chunks(unit, spec, policy)
         ignored = getattr(self.reader, "ignored", None)
         if ignored:
             print(f"note: {self.display}: ignored {len(ignored)} file(s) that are not images "

@@ -9,25 +9,19 @@ the driver grows with the number of shards and 8 bytes per image, never with pix
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import uuid
 
 import numpy as np
 
-from ..data.canonical import SHARD_PREFIX, DatasetWriter, Manifest, ShardInfo, read_shard, shard_name, write_shard
+from ..data.canonical import SHARD_PREFIX, DatasetWriter, Manifest, ShardInfo, shard_name, write_shard
 from ..data.convert import convert_targets, default_shard_rows, new_manifest
 from ..data.plan import portable_uri
 from ..data.records import BadRecordPolicy
 from ..data.info import DatasetInfo
 from ..data.storage import DataError, Location, StorageOptions, open_location
+from ..data.unique import id_hashes, refuse_repeated_ids
 from .sources import read_source_rows
-
-
-def id_hashes(ids: list[str]) -> np.ndarray:
-    """8-byte digests of ids: enough to find repeats among billions without holding the ids."""
-    return np.asarray([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
-                       for i in ids], dtype=np.uint64)
 
 
 def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
@@ -89,7 +83,7 @@ def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, sh
             skipped = f" after skipping {len(policy.skipped)} bad records" if policy.skipped else ""
             raise DataError(f"{info.source['uri']}: the dataset is empty{skipped}")
         manifest = new_manifest(info, shards, shape, info.source, policy)
-        _refuse_repeated_ids(writer, manifest, staged, hashes)
+        refuse_repeated_ids(writer.staging, manifest, staged, hashes)
         writer.commit(manifest, staged)
     except BaseException:
         getattr(rows_out, "close", lambda: None)()  # stops the pipeline (cancels its tasks) before cleaning up
@@ -97,22 +91,3 @@ def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, sh
         raise
     return manifest
 
-
-def _refuse_repeated_ids(writer: DatasetWriter, manifest: Manifest, staged: dict[str, str],
-                         hashes: list[np.ndarray]) -> None:
-    """Ids must be unique; a repeat found by its hash is named by reading the ids of the shards it is in."""
-    every = np.concatenate(hashes)
-    values, counts = np.unique(every, return_counts=True)
-    if (counts == 1).all():
-        return
-    for twice in values[counts > 1]:  # usually one; a mere hash collision is not a repeat
-        found = []
-        for info, h in zip(manifest.shards, hashes):
-            if twice in h:
-                staged_info = ShardInfo(staged[info.name], info.rows, info.sha256, info.bytes)
-                for chunk in read_shard(writer.staging, staged_info, manifest, BadRecordPolicy("fail")):
-                    found += [i for i in chunk.ids if id_hashes([i])[0] == twice]
-        if len(set(found)) < len(found):
-            repeat = next(i for i in found if found.count(i) > 1)
-            raise DataError(f"{manifest.source['uri']}: record {repeat!r}: duplicate id (ids must be unique; "
-                            "on Ray a repeat is not skippable)")

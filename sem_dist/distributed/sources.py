@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 def read_source_rows(spec: "SourceSpec", storage: StorageOptions | None, split: str | None = None
                      ) -> tuple["ray.data.Dataset", DatasetInfo]:
     """The split of a plan source (``split`` wins over the spec's ``?split=``) as image rows."""
-    from ..data.convert import source_record
     from ..data.sources import PLAN_KINDS, open_source
 
     if spec.kind not in PLAN_KINDS:
@@ -35,9 +34,7 @@ def read_source_rows(spec: "SourceSpec", storage: StorageOptions | None, split: 
     source = open_source(spec, storage)
     plan = source.plan(source.resolve_split(split or spec.split))
     image = plan.image_spec()
-    info = DatasetInfo(None, image.channels, image.height, image.width, list(plan.classes),
-                       source_record(plan.as_split(), plan.options))
-    return plan_rows(plan, image), info
+    return plan_rows(plan, image), plan.info(image)
 
 
 def plan_rows(plan: SourcePlan, image: ImageSpec) -> "ray.data.Dataset":

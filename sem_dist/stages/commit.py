@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import sys
 
-from ..data.canonical import DatasetWriter, Manifest, read_manifest
+from ..data.canonical import DatasetWriter, Manifest, ShardInfo, read_manifest, shard_name
 from ..data.info import DatasetInfo
 from ..data.storage import DataError, Location
+from ..data.unique import hashes_from_text, refuse_repeated_ids
 from ..pipeline import NoiseStats
 from .regenerate import UnitResult
 
@@ -16,18 +17,24 @@ from .regenerate import UnitResult
 def commit(writer: DatasetWriter, info: DatasetInfo, results: list[UnitResult], protection: dict,
            noise_column: bool) -> Manifest:
     results = sorted(results, key=lambda r: r.index)
-    shards = [r.shard for r in results if r.shard is not None]
+    staged = [s for r in results for s in r.shards]
     skipped = [s for r in results for s in r.skipped]
-    if not shards:
+    if not staged:
         raise DataError(f"{info.source.get('uri')}: the dataset is empty after skipping {len(skipped)} bad records")
     totals = NoiseStats()
     for r in results:
         totals = totals.merge(r.noise)
+    # staged shards are named by unit; the output's are part-NNNNN in unit order
+    shards = [ShardInfo(shard_name(i), s.rows, s.sha256, s.bytes) for i, s in enumerate(staged)]
     manifest = Manifest(count=sum(s.rows for s in shards), channels=info.channels, height=info.height,
                         width=info.width, classes=list(info.classes), shards=shards, source=info.source,
                         skipped=skipped, protection={**protection, "noise": totals.result()},
                         noise_column=noise_column)
-    writer.commit(manifest)
+    names = {s.name: t.name for s, t in zip(shards, staged)}
+    hashes = [h for r in results for h in r.id_hashes]
+    if hashes:  # plan units: ids no manifest vouches for, written by separate workers
+        refuse_repeated_ids(writer.staging, manifest, names, [hashes_from_text(h) for h in hashes])
+    writer.commit(manifest, names)
     return manifest
 
 

@@ -13,10 +13,13 @@ import numpy as np
 from ..data.arrays import ArrayDataset
 from ..data.convert import source_record
 from ..data.info import DatasetInfo
+from ..data.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy
 from ..data.source import Split
-from ..data.sources import collect, open_source, parse_spec
+from ..data.sources import PLAN_KINDS, collect, open_source, parse_spec
 from ..data.storage import DataError, Location, StorageOptions
+
+PLAN_SOURCES = tuple(PLAN_KINDS.values())
 
 
 @dataclass
@@ -25,6 +28,8 @@ class Input:
     info: DatasetInfo
     location: Location | None  # the source's root, for the output-inside-input check
     spec: str = ""  # the source spec it was opened from (Ray readers open it again on the workers' side)
+    plan: SourcePlan | None = None  # file-backed sources: their work units (class folders, files, tar shards)
+    image: ImageSpec | None = None  # the plan's decoded geometry (every unit decodes to it)
 
     @property
     def canonical(self) -> bool:
@@ -33,11 +38,17 @@ class Input:
 
 def open_input(spec: str, storage: StorageOptions) -> Input:
     """The split ``spec`` names (the train split of sources with splits unless ``?split=`` says otherwise).
-    Canonical data is described from its manifest alone; other sources decode their first chunk."""
+    Canonical data is described from its manifest alone, file-backed sources from their plan (a listing,
+    and one decoded image unless ``?size=`` fixes the geometry); other sources decode their first chunk."""
     parsed = parse_spec(spec)
     source = open_source(parsed, storage)
     default = "train" if "train" in source.split_names() else None
-    sp = source.split(source.resolve_split(parsed.split or default))
+    name = source.resolve_split(parsed.split or default)
+    if isinstance(source, PLAN_SOURCES):
+        plan = source.plan(name)
+        image = plan.image_spec()
+        return Input(plan.as_split(source.location), plan.info(image), source.location, spec, plan, image)
+    sp = source.split(name)
     record = source_record(sp, parsed.options)
     if sp.manifest is not None:
         m = sp.manifest

@@ -1,19 +1,25 @@
 """Regenerate stage (Algorithm 4): the fitted method's noise for every sample, written as protected shards
 into the output's staging area, one *unit* at a time.
 
-A unit is one output shard. For canonical inputs (and no ``--shard-rows``) unit i is input shard i: it
-is read whole, checked against the manifest's sha256, decoded, its records checked (labels in range,
-ids unique within the shard), perturbed in ``regen_batch_size`` batches and written as output shard i.
-:func:`protect_input_shard` does exactly that wherever it runs — in this process (:func:`regenerate_local`)
-or in a Ray Data actor (``sem_dist.distributed.regenerate``) — so both engines write the same bytes for
-the same seed (noise depends on (seed, id); block methods such as NTGA on blocks formed inside the unit).
-Other sources are re-cut into ``--shard-rows`` units by the in-process engine.
+Units are what the input already divides into, so any worker can run any unit knowing only the job:
+- a canonical input (no ``--shard-rows``): unit i is input shard i — read whole, checked against the
+  manifest's sha256, decoded, its records checked, perturbed and written as one output shard;
+- a file-backed source (``imagefolder:``, ``parquet:``, ``webdataset:``): unit i is the plan's unit i (a
+  class folder, a Parquet file, a tar shard) — listed, fetched, decoded and resized to the working size
+  in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB of pixels), each perturbed
+  and written as soon as it is full, so memory holds one output shard, not the unit.
+:class:`UnitRunner` does exactly that wherever it runs — in this process (:func:`regenerate_local`) or in a
+Ray Data actor (``sem_dist.distributed.regenerate``) — so both engines write the same bytes for the same
+seed (noise depends on (seed, id); block methods such as NTGA on blocks formed inside an output shard).
+Other sources (bundled and MNIST/CIFAR files), and canonical inputs re-cut by ``--shard-rows``, run in this
+process over the record stream cut into ``--shard-rows`` units.
 
-The ledger: after a unit's shard is written, one small object ``_staging/done/part-NNNNN.json`` records
-it (shard info, noise totals, skipped records). Finishing a shard costs O(1) storage writes, and
-``--resume`` lists ``done/`` and redoes only units without an entry (a shard written but not recorded
-is simply rewritten: the same bytes). ``_staging/run.json`` ties the staging area to the run's
-fingerprint.
+The ledger: after a unit's shards are written, one small object ``_staging/done/part-NNNNN.json`` records
+it (shard infos, noise totals, skipped records, and for plan units 8-byte hashes of its ids, so the commit
+can refuse an id repeated across files without anyone holding the ids). Finishing a unit costs O(1)
+storage writes, and ``--resume`` lists ``done/`` and redoes only units without an entry (a unit written
+but not recorded is simply rewritten: the same bytes). ``_staging/run.json`` ties the staging area to the
+run's fingerprint. Staged shards are named by unit; the commit stage names them ``part-NNNNN`` in order.
 """
 from __future__ import annotations
 
@@ -21,16 +27,18 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ..data.arrays import ArrayDataset
-from ..data.canonical import Manifest, ShardInfo, read_manifest, read_shard, shard_name, write_shard
-from ..data.convert import shards_of
-from ..data.records import BadRecordPolicy, Chunk, checked, concat
+from ..data.canonical import SHARD_PREFIX, ShardInfo, read_manifest, read_shard, shard_name, write_shard
+from ..data.convert import default_shard_rows, shards_of
+from ..data.plan import ImageSpec, SourcePlan
+from ..data.records import BadRecordPolicy, Chunk, checked, concat, rebatch
 from ..data.storage import DataError, Location, StorageOptions, open_location
+from ..data.unique import hashes_text
 from ..perturb.methods import NoiseMethod
 from ..perturb.regenerate import apply_noise, regenerate
 from ..pipeline import NoiseStats
@@ -46,14 +54,15 @@ class UnitResult:
     """One finished unit, as its ledger entry records it."""
 
     index: int
-    shard: ShardInfo | None  # None when every record of the unit was skipped
+    shards: list[ShardInfo] = field(default_factory=list)  # staged, in order; none if every record was skipped
     noise: NoiseStats = field(default_factory=NoiseStats)
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    id_hashes: list[str] = field(default_factory=list)  # per shard, for plan units (see the module docstring)
 
     @property
     def rows(self) -> int:
-        return self.shard.rows if self.shard else 0
+        return sum(s.rows for s in self.shards)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -61,8 +70,8 @@ class UnitResult:
     @classmethod
     def from_json(cls, text: str | bytes) -> "UnitResult":
         raw = json.loads(text)
-        return cls(raw["index"], ShardInfo(**raw["shard"]) if raw["shard"] else None, NoiseStats(**raw["noise"]),
-                   raw["skipped"], raw["seconds"])
+        return cls(raw["index"], [ShardInfo(**s) for s in raw["shards"]], NoiseStats(**raw["noise"]),
+                   raw["skipped"], raw["seconds"], raw["id_hashes"])
 
 
 class Ledger:
@@ -92,48 +101,39 @@ class Ledger:
         self.folder.write_bytes(f"{shard_name(result.index)}.json", result.to_json().encode())
 
 
-def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, staging: Location, index: int,
+def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, staging: Location, name: str,
                   keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
-    """Algorithm 4 over one unit's records, then its protected images (and noise) to ``staging``."""
+    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``staging/name``."""
     noise = np.empty(chunk.images.shape, dtype=np.int8)
     pos = 0
     batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
     for ids, part in regenerate(method, batches, device):
         noise[pos:pos + len(ids)] = part
         pos += len(ids)
-    info = write_shard(staging, shard_name(index), chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
+    info = write_shard(staging, name, chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
                        noise if keep_noise else None)
     return info, NoiseStats().update(noise)
 
 
-def protect_input_shard(method: NoiseMethod, device: torch.device, src: Location, manifest: Manifest, index: int,
-                        staging: Location, keep_noise: bool, on_bad_record: str) -> UnitResult:
-    """Unit ``index`` of a canonical input: its shard read whole (sha256-checked), protected, written, recorded."""
-    t0 = time.perf_counter()
-    policy = BadRecordPolicy(on_bad_record)
-    info = manifest.shards[index]
-    where = f"{src.display}/{info.name}"
-    chunks = list(checked(read_shard(src, info, manifest, policy), manifest.num_classes, policy, where,
-                          allow_empty=True))
-    shard, stats = None, NoiseStats()
-    if chunks:
-        shard, stats = protect_chunk(method, concat(chunks), device, staging, index, keep_noise)
-    result = UnitResult(index, shard, stats, policy.skipped, time.perf_counter() - t0)
-    Ledger(staging).record(result)
-    return result
+def unit_shard_name(index: int, part: int) -> str:
+    """The staged name of output shard ``part`` of plan unit ``index`` (the commit renames it)."""
+    return f"{SHARD_PREFIX}{index:05d}-{part:05d}.parquet"
 
 
 @dataclass
 class RegenJob:
     """What any worker needs to run units, as plain values: URIs are redacted (credentials come from each
-    node's own environment, never from the driver)."""
+    node's own environment, never from the driver); a plan's reader pickles without credentials too."""
 
-    input_uri: str
     staging_uri: str
     method_uri: str
     s3_endpoint: str | None
     keep_noise: bool
     on_bad_record: str
+    input_uri: str = ""  # a canonical input's folder, or:
+    plan: SourcePlan | None = None  # a file-backed source's units
+    image: ImageSpec | None = None  # the plan's geometry, fixed by the driver so every unit decodes alike
+    shard_rows: int | None = None  # rows per output shard of a plan unit (None: default_shard_rows)
     device: str = "cpu"
     s3_profile: str | None = None  # a profile name each node resolves itself; never a secret
 
@@ -141,35 +141,78 @@ class RegenJob:
     def storage(self) -> StorageOptions:
         return StorageOptions(self.s3_endpoint, self.s3_profile)
 
-    def open(self) -> tuple[Location, Manifest, Location]:
-        storage = self.storage
-        src = open_location(self.input_uri, storage)
-        return src, read_manifest(src), open_location(self.staging_uri, storage)
+
+class UnitRunner:
+    """Runs units of one job in one process (the driver, or one Ray actor); storage is opened once."""
+
+    def __init__(self, job: RegenJob, method: NoiseMethod, device: torch.device):
+        self.job, self.method, self.device = job, method, device
+        storage = job.storage
+        self.staging = open_location(job.staging_uri, storage)
+        if job.plan is None:
+            self.src = open_location(job.input_uri, storage)
+            self.manifest = read_manifest(self.src)
+
+    def __call__(self, index: int) -> UnitResult:
+        t0 = time.perf_counter()
+        policy = BadRecordPolicy(self.job.on_bad_record)
+        if self.job.plan is None:
+            info = self.manifest.shards[index]
+            chunks = list(checked(read_shard(self.src, info, self.manifest, policy), self.manifest.num_classes,
+                                  policy, f"{self.src.display}/{info.name}", allow_empty=True))
+            parts = [concat(chunks)] if chunks else []
+        else:
+            plan, image = self.job.plan, self.job.image
+            records = checked(plan.unit_chunks(plan.units[index], image, policy), len(plan.classes), policy,
+                              plan.display, allow_empty=True)
+            parts = rebatch(records, self.job.shard_rows or default_shard_rows(image.channels, image.height,
+                                                                              image.width))
+        result = UnitResult(index)
+        for k, part in enumerate(parts):
+            name = shard_name(index) if self.job.plan is None else unit_shard_name(index, k)
+            info, stats = protect_chunk(self.method, part, self.device, self.staging, name, self.job.keep_noise)
+            result.shards.append(info)
+            result.noise = result.noise.merge(stats)
+            if self.job.plan is not None:
+                result.id_hashes.append(hashes_text(part.ids))
+        result.skipped, result.seconds = policy.skipped, time.perf_counter() - t0
+        Ledger(self.staging).record(result)
+        return result
 
 
-def pending_units(manifest: Manifest, done: dict[int, UnitResult]) -> list[int]:
-    return [i for i in range(len(manifest.shards)) if i not in done]
+def unit_count(inp: Input, shard_rows: int | None) -> int | None:
+    """How many units regeneration runs over (one Ray task each), or None when the record stream is re-cut
+    into ``shard_rows`` units in this process instead."""
+    if inp.plan is not None:
+        return len(inp.plan.units)
+    if inp.canonical and shard_rows is None:
+        return len(inp.info.manifest.shards)
+    return None
 
 
-def regenerate_local(method: NoiseMethod, inp: Input, staging: Location, done: dict[int, UnitResult],
-                     device: torch.device, keep_noise: bool, on_bad_record: str,
-                     shard_rows: int | None) -> Iterator[UnitResult]:
+def pending_units(count: int, done: dict[int, UnitResult]) -> list[int]:
+    return [i for i in range(count) if i not in done]
+
+
+def regenerate_local(method: NoiseMethod, inp: Input, job: RegenJob, done: dict[int, UnitResult],
+                     device: torch.device) -> Iterator[UnitResult]:
     """Every unit not in ``done``, in this process, in order (finished ones are yielded from the ledger)."""
+    count = unit_count(inp, job.shard_rows)
+    if count is None:
+        results = _recut_units(method, inp, job, done, device)
+    else:
+        runner = UnitRunner(job, method, device)
+        results = (done.get(i) or runner(i) for i in range(count))
     with bar(inp.info.count, f"{method.cfg.method}: protect (Alg. 4)", unit="img") as pb:
-        for result in _units(method, inp, staging, done, device, keep_noise, on_bad_record, shard_rows):
+        for result in results:
             pb.update(result.rows)
             yield result
 
 
-def _units(method, inp, staging, done, device, keep_noise, on_bad_record, shard_rows) -> Iterator[UnitResult]:
-    if inp.canonical and shard_rows is None:
-        src, manifest = inp.split.location, inp.info.manifest
-        for i in range(len(manifest.shards)):
-            yield done.get(i) or protect_input_shard(method, device, src, manifest, i, staging, keep_noise,
-                                                     on_bad_record)
-        return
-    policy = BadRecordPolicy(on_bad_record)
-    chunks = iter(shards_of(inp.split, policy, shard_rows))
+def _recut_units(method, inp, job, done, device) -> Iterable[UnitResult]:
+    staging = open_location(job.staging_uri, job.storage)
+    policy = BadRecordPolicy(job.on_bad_record)
+    chunks = iter(shards_of(inp.split, policy, job.shard_rows))
     chunk, index, seen = next(chunks, None), 0, 0
     while chunk is not None:
         following = next(chunks, None)  # read ahead, so bad records after the last full unit are counted
@@ -178,8 +221,8 @@ def _units(method, inp, staging, done, device, keep_noise, on_bad_record, shard_
             yield done[index]
         else:
             t0 = time.perf_counter()
-            info, stats = protect_chunk(method, chunk, device, staging, index, keep_noise)
-            result = UnitResult(index, info, stats, skipped, time.perf_counter() - t0)
+            info, stats = protect_chunk(method, chunk, device, staging, shard_name(index), job.keep_noise)
+            result = UnitResult(index, [info], stats, skipped, time.perf_counter() - t0)
             Ledger(staging).record(result)
             yield result
         chunk, index = following, index + 1
