@@ -33,7 +33,11 @@ def commit(writer: DatasetWriter, info: DatasetInfo, results: list[UnitResult], 
     names = {s.name: t.name for s, t in zip(shards, staged)}
     hashes = [h for r in results for h in r.id_hashes]
     if hashes:  # plan units: ids no manifest vouches for, written by separate workers
-        refuse_repeated_ids(writer.staging, manifest, names, [hashes_from_text(h) for h in hashes])
+        try:
+            refuse_repeated_ids(writer.staging, manifest, names, [hashes_from_text(h) for h in hashes])
+        except DataError:
+            writer.abandon()  # a rerun would meet the same input: nothing of this one is kept
+            raise
     writer.commit(manifest, names)
     return manifest
 
