@@ -123,6 +123,7 @@ class RegenerateRequest:
     regen_actors: int | None = None
     gpus_per_worker: float = 0.0
     address: str | None = None
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     resume: bool = False
     overwrite: bool = False
     on_bad_record: str = "fail"
@@ -136,7 +137,8 @@ class RegenerateRequest:
                              self.keep_noise, self.engine().driver_device(self.device), self.storage)
 
     def engine(self) -> Engine:
-        return Engine.from_flags(None, self.regen_actors, self.gpus_per_worker, self.address)
+        return Engine.from_flags(None, self.regen_actors, self.gpus_per_worker, self.address,
+                                 self.resource_timeout_s)
 
 
 def fingerprint(cfg: ProtectConfig, inp: Input, opts: OutputOptions, **more) -> str:

@@ -60,3 +60,31 @@ def test_the_driver_takes_no_gpu_of_its_own_on_ray():
     assert [e.driver_device("auto") for e in on_ray] == ["cpu"] * 3
     assert Engine.from_flags(None, None, 0.0, None).driver_device("auto") == "auto"  # in-process: CUDA if present
     assert on_ray[0].driver_device("cuda:1") == "cuda:1"  # an explicit choice is the user's
+
+
+def test_resource_timeout_reaches_the_regeneration_actor_pool(ray_cluster, tmp_path):
+    """``--resource-timeout`` bounds the wait for regeneration actors too: a GPU actor pool on a cluster
+    without GPUs fails after the given seconds (not the 600 s default) with a one-line reason."""
+    import numpy as np
+    import torch
+
+    from sem_dist.config import resolve_config
+    from sem_dist.data import save_dataset
+    from sem_dist.data.arrays import ArrayDataset
+    from sem_dist.perturb.methods import get_method, method_state
+
+    rng = np.random.default_rng(0)
+    save_dataset(ArrayDataset([f"i{k}" for k in range(4)], rng.integers(0, 256, (4, 1, 8, 8), dtype=np.uint8),
+                              np.arange(4) % 2, ["a", "b"]), str(tmp_path / "data"))
+    cfg = resolve_config("sem", 8, overrides={"trainer.arch": "small_cnn"})
+    torch.save(method_state(get_method(cfg, 2, 1, 8, torch.device("cpu"))), tmp_path / "method.pt")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "sem_dist", "regenerate", "--generator", str(tmp_path / "method.pt"),
+                           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--regen-actors", "1",
+                           "--gpus-per-worker", "1", "--resource-timeout", "3"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "1 regeneration actor(s) needs 1 CPUs and 1 GPUs" in lines[0] and "after waiting 3 s" in lines[0]
+    assert time.monotonic() - t0 < 200 and not (tmp_path / "out" / "manifest.json").exists()

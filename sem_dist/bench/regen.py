@@ -1,12 +1,18 @@
 """Algorithm 4 throughput and memory: the in-process engine against Ray Data on this machine's cores, in
 one run on the same data (synthetic 3×32×32, 10 classes, canonical shards on local disk) and the same
 generator (a small-CNN SEM method; its weights do not change the cost). Both go through
-``sem-dist regenerate``'s code path; images/s is the regenerate stage's (Ray: actor start-up included,
-cluster start-up not).
+``sem-dist regenerate``'s code path.
+
+Throughput is measured in interleaved rounds (in-process, Ray, in-process, Ray, ...) so that the load
+other jobs put on a shared machine falls on both alike; the medians are reported. ``ray_img_s`` is the
+regenerate stage's wall time end to end (actor start-up included, cluster start-up not);
+``ray_work_img_s`` is after the pool's start-up (``pool_startup_s``, also in the manifest), i.e. the rate
+a long run approaches. ``ray_over_local`` is their end-to-end ratio (goal ≥ 0.9).
 
 Memory: peak RSS of the whole process tree (this driver + the embedded Ray's processes and workers),
 sampled every 0.1 s, for a Ray Data run over N and over 10·N images; ``rss_growth_10x`` is their ratio
-(goal ≤ 1.2: the driver holds metadata only and each actor one shard at a time).
+(goal ≤ 1.2: the driver holds metadata only and each actor one shard at a time). Before each measured
+Ray run the previous pool's actors are waited out, so each peak is that run's own.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import os
 import platform
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +107,18 @@ def _regenerate(generator: str, data: str, out: str, actors: int | None) -> dict
     return m.protection["regeneration"]
 
 
-def run(quick: bool = False, verbose: bool = True) -> dict:
+def _settle(baseline: int, timeout_s: float = 30.0) -> None:
+    """Wait until the process tree is back to ``baseline`` processes (the last pool's actors have exited)."""
+    deadline = time.monotonic() + timeout_s
+    while _tree_rss(os.getpid())[2] > baseline and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def run(quick: bool = False, verbose: bool = True, rounds: int = 2) -> dict:
     import ray
 
     os.environ.setdefault("SEM_DIST_PROGRESS", "0" if not verbose else "auto")
@@ -108,6 +126,7 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
     steps, samples = (2, 1) if quick else (10, 5)  # quick: K_u·J = 2 passes per image; full: the paper's 50
     actors = max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(actors)  # the in-process loop gets the same cores the actors get
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         gen = _generator(t / "method.pt", steps, samples)
@@ -115,33 +134,51 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
         data_10n = _dataset(t / "data_10n", 10 * n, shard_rows)
         # a fresh local cluster: without address="local", ray.init joins any `ray start` cluster on the machine
         ray.init(address="local", num_cpus=actors, _node_ip_address="127.0.0.1", include_dashboard=False)
-        local = _regenerate(gen, data_n, str(t / "local"), None)
-        if verbose:
-            print(f"in-process: {local['images_per_s']:.1f} img/s", flush=True)
-        with PeakRSS() as rss_n:
-            ray_n = _regenerate(gen, data_n, str(t / "ray_n"), actors)
-        if verbose:
-            print(f"ray data ({actors} actors): {ray_n['images_per_s']:.1f} img/s, peak tree RSS "
-                  f"{rss_n.peak / 2**20:.0f} MiB", flush=True)
+        time.sleep(2.0)  # let the cluster's own processes finish starting
+        baseline = _tree_rss(os.getpid())[2]
+        local, ray_n, peaks = [], [], []
+        for r in range(rounds):
+            local.append(_regenerate(gen, data_n, str(t / f"local{r}"), None))
+            _settle(baseline)
+            with PeakRSS() as rss_n:
+                ray_n.append(_regenerate(gen, data_n, str(t / f"ray{r}"), actors))
+            peaks.append(rss_n)
+            if verbose:
+                print(f"round {r}: in-process {local[-1]['images_per_s']:.1f} img/s; ray data ({actors} actors) "
+                      f"{ray_n[-1]['images_per_s']:.1f} img/s end to end, {ray_n[-1]['pool_startup_s']:.1f}s "
+                      f"pool start-up, {ray_n[-1]['images_per_s_after_startup']:.1f} img/s after it; peak tree "
+                      f"RSS {rss_n.peak / 2**20:.0f} MiB", flush=True)
+        _settle(baseline)
         with PeakRSS() as rss_10n:
             ray_10n = _regenerate(gen, data_10n, str(t / "ray_10n"), actors)
         if verbose:
             print(f"ray data 10·N: {ray_10n['images_per_s']:.1f} img/s, peak tree RSS {rss_10n.peak / 2**20:.0f} MiB",
                   flush=True)
-        same = (Path(t / "local" / "manifest.json").exists() and
-                [p.read_bytes() for p in sorted((t / "local").glob("part-*"))] ==
-                [p.read_bytes() for p in sorted((t / "ray_n").glob("part-*"))])
+        same = all((t / f"local{r}" / "manifest.json").exists() and
+                   [p.read_bytes() for p in sorted((t / f"local{r}").glob("part-*"))] ==
+                   [p.read_bytes() for p in sorted((t / f"ray{r}").glob("part-*"))] for r in range(rounds))
+    local_img_s = _median([x["images_per_s"] for x in local])
+    ray_img_s = _median([x["images_per_s"] for x in ray_n])
+    ray_work = _median([x["images_per_s_after_startup"] for x in ray_n])
+    peak_n = max(p.peak for p in peaks)
+    driver_n = max(p.driver_peak for p in peaks)
     return {
         "bench": "regen", "quick": quick, "images": n, "images_10x": 10 * n, "shard_rows": shard_rows,
-        "image": [3, 32, 32], "arch": "small_cnn", "K_u": steps, "J": samples, "actors": actors,
-        "local_img_s": local["images_per_s"], "ray_img_s": ray_n["images_per_s"],
-        "ray_over_local": ray_n["images_per_s"] / local["images_per_s"],
+        "image": [3, 32, 32], "arch": "small_cnn", "K_u": steps, "J": samples, "actors": actors, "rounds": rounds,
+        "local_img_s": local_img_s, "ray_img_s": ray_img_s, "ray_over_local": ray_img_s / local_img_s,
+        "ray_work_img_s": ray_work, "ray_work_over_local": ray_work / local_img_s,
+        "pool_startup_s": _median([x["pool_startup_s"] for x in ray_n]),
+        "round_ratios": [r["images_per_s"] / lo["images_per_s"] for r, lo in zip(ray_n, local)],
         "ray_10x_img_s": ray_10n["images_per_s"],
-        "peak_rss_bytes_n": rss_n.peak, "peak_rss_bytes_10x": rss_10n.peak,
-        "rss_growth_10x": rss_10n.peak / rss_n.peak, "outputs_identical": same,
-        "driver_peak_rss_bytes_n": rss_n.driver_peak, "driver_peak_rss_bytes_10x": rss_10n.driver_peak,
-        "driver_rss_growth_10x": rss_10n.driver_peak / rss_n.driver_peak,
-        "processes_n": rss_n.processes, "processes_10x": rss_10n.processes,
-        "load_avg_1m": os.getloadavg()[0], "cpus": os.cpu_count(), "torch": torch.__version__,
-        "machine": platform.machine(),
+        "peak_rss_bytes_n": peak_n, "peak_rss_bytes_10x": rss_10n.peak,
+        "rss_growth_10x": rss_10n.peak / peak_n, "outputs_identical": same,
+        "driver_peak_rss_bytes_n": driver_n, "driver_peak_rss_bytes_10x": rss_10n.driver_peak,
+        "driver_rss_growth_10x": rss_10n.driver_peak / driver_n,
+        "processes_n": max(p.processes for p in peaks), "processes_10x": rss_10n.processes,
+        "load_avg_1m_before": load_before, "load_avg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
+        "torch": torch.__version__, "machine": platform.machine(),
     }
+
+
+def add_arguments(g) -> None:
+    g.add_argument("--rounds", type=int, default=2, help="interleaved in-process/Ray rounds (default 2)")

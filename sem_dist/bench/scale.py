@@ -1,16 +1,18 @@
 """Sources at scale: an ImageNet-shaped JPEG tree (8 classes, mixed sizes 200–500 px) in a loopback
-moto_server bucket, run S3 → S3 through a Ray pipeline at a working size of 64 px, for N and 4·N images.
+moto_server bucket, protected S3 → S3 by ``sem-dist protect --workers 2`` at a working size of 64 px
+(Algorithm 1 on 2 Ray Train workers streaming the JPEGs through Ray Data, Algorithm 4 on 2 Ray Data actors
+each taking a class folder), for N and 4·N images. The generator is a small CNN trained a few steps with a
+light solver (K_u = 2, J = 1): the point is the data plane, not the protection's strength.
 
 Each run is a fresh driver process (its own embedded Ray), so its peak RSS is the driver's alone; the N
 run reads 2 of the 8 classes (``?classes=2``), the 4·N run all 8. ``driver_rss_growth_4x`` = driver peak
 RSS at 4·N over that at N: ≈ 1 when the driver holds metadata only. ``local_img_s_n`` is the in-process
-``convert`` of the N images (same decode, one process), and ``load_average_1m`` says how busy the machine
-was: timings on a shared machine are only comparable within one run.
+run of the same pipeline over the N images (one process, no Ray), and ``load_average_1m`` says how busy
+the machine was: timings on a shared machine are only comparable within one run.
 
-HOOK (lead, at merge): the pipeline measured is :func:`convert_pipeline` (Ray read + decode + resize +
-canonical write). To measure ``protect --workers 2`` end to end instead, pass another module-level
-``pipeline(source_spec, dest_uri) -> images written`` as ``run(..., pipeline=...)`` (or make it the default
-there); everything else (data, bucket, RSS and timing) stays as it is.
+``--pipeline convert`` measures ``sem-dist convert --ray`` (read + decode + resize + canonical write)
+instead; ``run(pipeline=...)`` takes any module-level ``pipeline(source_spec, dest_uri) -> images written``
+whose in-process twin is named in ``LOCAL``.
 """
 from __future__ import annotations
 
@@ -32,6 +34,25 @@ CLASSES = 8
 WORKING_SIZE = 64
 
 
+# the protect run: a few generator steps, a light noise solver (the data plane is what is measured)
+PROTECT = {"trainer.arch": "small_cnn", "trainer.steps": 20, "trainer.batch_size": 32, "solver.steps": 2,
+           "solver.samples": 1, "attack.steps": 1}
+
+
+def protect_pipeline(source: str, dest: str) -> int:
+    """``sem-dist protect --data SOURCE --out DEST --workers 2 --stream``; returns the images written."""
+    from ..protect_dataset import ProtectRequest, protect
+
+    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), workers=2, stream=True)).count
+
+
+def inprocess_protect_pipeline(source: str, dest: str) -> int:
+    """The same protect with every stage in this process (no Ray flag), for comparison."""
+    from ..protect_dataset import ProtectRequest, protect
+
+    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), device="cpu")).count
+
+
 def convert_pipeline(source: str, dest: str) -> int:
     """``sem-dist convert SOURCE DEST --ray``; returns the images written."""
     from ..distributed.convert import convert_ray
@@ -44,6 +65,15 @@ def inprocess_pipeline(source: str, dest: str) -> int:
     from ..data.convert import convert
 
     return sum(m.count for m in convert(source, dest).values())
+
+
+PIPELINES = {"protect": protect_pipeline, "convert": convert_pipeline}
+LOCAL = {protect_pipeline: inprocess_protect_pipeline, convert_pipeline: inprocess_pipeline}
+
+
+def add_arguments(g) -> None:
+    g.add_argument("--pipeline", choices=sorted(PIPELINES), default="protect",
+                   help="what runs S3 → S3: protect --workers 2 (default) or convert --ray")
 
 
 def _name(fn: Callable) -> str:
@@ -95,8 +125,9 @@ def _child(pipeline: str, source: str, dest: str) -> None:
 
     module, _, fn = pipeline.partition(":")
     run_pipeline = getattr(importlib.import_module(module), fn)
-    if "inprocess" not in fn:
-        connect(num_cpus=os.cpu_count() or 2)
+    if not fn.startswith("inprocess"):
+        # logical CPUs beyond the cores: 2 Train workers hold 2 while Ray Data tasks feed them
+        connect(num_cpus=max(4, os.cpu_count() or 2))
     t0 = time.perf_counter()
     images = run_pipeline(source, dest)
     seconds = time.perf_counter() - t0
@@ -112,9 +143,11 @@ def _measure(pipeline: str, source: str, dest: str, env: dict, verbose: bool) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str], int] = convert_pipeline) -> dict:
+def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str], int] | str = protect_pipeline
+        ) -> dict:
     import boto3
 
+    pipeline = PIPELINES[pipeline] if isinstance(pipeline, str) else pipeline
     from ..testing.s3 import S3_KEY, S3_SECRET, start_moto_server
 
     n = 2000 if quick else 5000
@@ -134,7 +167,7 @@ def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str]
             print(f"built {CLASSES * per_class} JPEGs ({sum(class_bytes) / 2**20:.0f} MiB) in "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
         results = {}
-        for label, classes, fn in (("n", 2, pipeline), ("4n", CLASSES, pipeline), ("local-n", 2, inprocess_pipeline)):
+        for label, classes, fn in (("n", 2, pipeline), ("4n", CLASSES, pipeline), ("local-n", 2, LOCAL[pipeline])):
             source = f"imagefolder:s3://{bucket}/tree?classes={classes}&size={WORKING_SIZE}"
             results[label] = r = _measure(_name(fn), source, f"s3://{bucket}/out-{label}", env, verbose)
             if verbose:

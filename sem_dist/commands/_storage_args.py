@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..data.storage import StorageOptions
+from ..distributed.resources import RESOURCE_TIMEOUT_HELP
 
 URI_HELP = ("URIs: a local path, file://, s3://bucket/prefix or any fsspec URL. S3 credentials come from the "
             "standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --s3-profile, instance "
@@ -42,6 +43,14 @@ def add_ray_arguments(g, train: bool) -> None:
     g.add_argument("--address", metavar="ADDR",
                    help="Ray cluster to use (default: $RAY_ADDRESS, else an embedded local Ray); implies Ray Data "
                         "regeneration")
+    g.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
+
+
+def resource_timeout(args) -> float | None:
+    """``--resource-timeout`` validated (None: the default)."""
+    if args.resource_timeout is not None and args.resource_timeout < 0:
+        raise ValueError(f"--resource-timeout must be >= 0 seconds, got {args.resource_timeout:g}")
+    return args.resource_timeout
 
 
 def add_output_arguments(g) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..distributed.resources import RESOURCE_TIMEOUT_HELP
+from ._storage_args import resource_timeout
 
 
 def add_ray_train_arguments(g) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
                    help="CPUs Ray reserves for each Algorithm-1 worker (default 1)")
-    g.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
     g.add_argument("--shared-fs", action="store_true",
                    help="a local --checkpoint-dir is on a file system every node of the Ray cluster mounts "
                         "(NFS, EFS, ...); without it a local folder is refused on a multi-node cluster")
@@ -23,7 +22,5 @@ def ray_train_request_fields(args) -> dict:
     """The flags above as ``ProtectRequest`` fields, validated."""
     if args.cpus_per_worker <= 0:
         raise ValueError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
-    if args.resource_timeout is not None and args.resource_timeout < 0:
-        raise ValueError(f"--resource-timeout must be >= 0 seconds, got {args.resource_timeout:g}")
-    return {"cpus_per_worker": args.cpus_per_worker, "resource_timeout_s": args.resource_timeout,
+    return {"cpus_per_worker": args.cpus_per_worker, "resource_timeout_s": resource_timeout(args),
             "shared_fs": args.shared_fs, "stream": args.stream}

@@ -9,8 +9,10 @@ Units: every radius is an ℓ∞ bound in [0,1] pixel units; fractions are accep
 grey levels. Config precedence: the method's defaults (per image size) < --config FILE < flags.
 
 Engines: by default every stage runs in this process. --workers N (N > 1) trains the generator on Ray
-Train; any of --workers, --regen-actors or --address regenerates the noise on Ray Data (an actor pool
-over the input's shards; canonical input only), byte-identical to the in-process output for the same seed.
+Train; any of --workers, --regen-actors or --address regenerates the noise on Ray Data (an actor pool over
+units: a canonical input's shards, or the class folders / Parquet files / tar shards of imagefolder:,
+parquet: and webdataset: sources, decoded and resized in the actors), byte-identical to the in-process
+output for the same seed.
 
 --data takes any source spec ``convert`` takes (a canonical URI, digits, cifar10:DIR, ...); for sources
 with splits the train split is protected unless ``?split=NAME`` says otherwise. --out must be new or

@@ -6,14 +6,15 @@ at a local path or any storage URI; it is loaded with ``weights_only=True``. The
 generator's recorded config and seed: for the same generator and data the output is the same bytes
 whichever engine runs it. The data must have the generator's image size, channels and class count.
 
-Engines: in this process by default; --regen-actors K (or --address) runs an actor pool on Ray Data,
-one input shard per task (canonical input only). --resume continues an interrupted run: every finished
-shard is kept and each input id is written exactly once.
+Engines: in this process by default; --regen-actors K (or --address) runs an actor pool on Ray Data, one
+unit per task: an input shard of a canonical dataset, or a class folder / Parquet file / tar shard of an
+imagefolder:, parquet: or webdataset: source (read, decoded and resized in the actor). --resume continues
+an interrupted run: every finished unit is kept and each input id is written exactly once.
 """
 from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
-                            add_storage_arguments, check_counts, storage_options, summary)
+                            add_storage_arguments, check_counts, resource_timeout, storage_options, summary)
 
 NAME = "regenerate"
 HELP = "apply a trained generator to a dataset (Algorithm 4 only) and write a protected copy"
@@ -38,7 +39,8 @@ def run(args) -> int:
     check_counts(args, "regen_actors", "shard_rows")
     req = RegenerateRequest(
         generator=args.generator, data=args.data, out=args.out, regen_actors=args.regen_actors,
-        gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume, overwrite=args.overwrite,
+        gpus_per_worker=args.gpus_per_worker, address=args.address, resource_timeout_s=resource_timeout(args),
+        resume=args.resume, overwrite=args.overwrite,
         on_bad_record=args.on_bad_record, shard_rows=args.shard_rows, keep_noise=args.keep_noise,
         device=args.device, storage=storage_options(args))
     print(summary(regenerate_dataset(req)))
