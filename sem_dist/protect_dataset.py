@@ -225,8 +225,9 @@ class Run:
         source = ({"plan": inp.plan, "image": inp.image} if inp.plan is not None else
                   {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
         return RegenJob(staging_uri=staging, method_uri=f"{staging}/{METHOD_CHECKPOINT}",
-                        s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile, keep_noise=opts.keep_noise,
-                        on_bad_record=opts.on_bad_record, shard_rows=opts.shard_rows, **source)
+                        s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile,
+                        keep_noise=opts.keep_noise, on_bad_record=opts.on_bad_record, shard_rows=opts.shard_rows,
+                        **source)
 
     def _regenerate_ray(self, job: RegenJob, done: dict[int, UnitResult]) -> tuple[list[UnitResult], dict]:
         """The new results and the pool's timings: its start-up, and images/s of the work after it."""

@@ -121,9 +121,11 @@ def open_source(spec: str | SourceSpec, storage: StorageOptions | None = None) -
         return CanonicalSource(s.target, storage, s.options)
     location = open_location(s.target, storage)
     if s.kind in PLAN_KINDS:
-        # readers in Ray tasks reach the same endpoint whether it came from a flag or the environment
-        endpoint = (storage or StorageOptions()).endpoint()
-        return PLAN_KINDS[s.kind](location, s.display, s.options, StorageOptions(endpoint))
+        # readers in Ray tasks reach the same endpoint whether it came from a flag or the environment, and
+        # resolve the same profile name (--s3-profile) on their own node
+        storage = storage or StorageOptions()
+        return PLAN_KINDS[s.kind](location, s.display, s.options,
+                                  StorageOptions(storage.endpoint(), storage.s3_profile))
     if s.options:
         raise DataError(f"{s.display}: unknown option(s) {', '.join(sorted(s.options))}")
     cls = MnistSource if s.kind in ("mnist", "fashion-mnist") else CifarSource
