@@ -9,7 +9,6 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from sem_dist.data import load_dataset
