@@ -128,6 +128,35 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_cluste
     assert [int(r["starts"]) for r in rows] == [1, 2, 1]
 
 
+def test_multi_worker_trials_forward_generator_progress_to_optuna_and_asha(ray_cluster, cli, data_uris, tmp_path):
+    """--workers 2: each trial drives a 2-worker Ray Train run of Algorithm 1 whose every step reaches Tune
+    as a generator-phase result, then reports its victim's epochs. Optuna and ASHA see the objective only
+    from victim epochs (a generator result stopping or confusing them would end a trial before its victim);
+    the embedded Ray's 4 CPUs fit one trial (1 + 2 workers) at a time, so --max-concurrent 2 is lowered."""
+    train, test = data_uris
+    space = space_file(tmp_path, **{"budget.rho_r": {"choice": [0, "4/255"]}, "trainer.checkpoint_every": 1,
+                                    "victim.epochs": 2})
+    code, out, err = cli("tune", "--data", train, "--test", test, "--space", space, "--search", "optuna",
+                         "--num-samples", "2", "--workers", "2", "--max-concurrent", "2", "--scheduler", "asha",
+                         "--storage", tmp_path / "runs", "--name", "workers", "--json")
+    assert code == 0, err[-3000:]
+    assert "--max-concurrent 2 lowered to 1" in err
+    folder = tmp_path / "runs" / "workers"
+    rows = read_rows((folder / "results.csv").read_text())
+    assert len(rows) == 2 and json.loads(out.strip().splitlines()[-1])["trials"] == 2
+    for row in rows:
+        results = [json.loads(line) for path in folder.glob(f"*{row['trial_id']}*/result.json")
+                   for line in path.read_text().splitlines()]
+        generator = [r for r in results if r.get("phase") == "generator"]
+        victim = [r for r in results if r.get("phase") == "victim"]
+        assert [r["step"] for r in generator] == [1, 2, 3] and all(r["workers"] == 2 for r in generator), results
+        assert all(r["objective"] is None and "checkpoint_path" in r for r in generator)
+        assert results.index(generator[-1]) < results.index(victim[0])  # the generator's phase comes first
+        assert victim[0]["victim_epoch"] == 1 and 0 <= victim[-1]["test_acc"] <= 1
+        assert float(row["test_acc"]) == victim[-1]["test_acc"] and float(row["gen_s"]) > 0
+    assert any(r["status"] == "done" for r in rows), rows
+
+
 @pytest.mark.parametrize("space, message", [
     ({"budget.rho_x": 0.1}, "unknown config key 'budget.rho_x'"),
     ({"victim.wings": 2}, "unknown victim key 'victim.wings'"),
