@@ -157,6 +157,44 @@ def test_multi_worker_trials_forward_generator_progress_to_optuna_and_asha(ray_c
     assert any(r["status"] == "done" for r in rows), rows
 
 
+def test_s3_profile_reaches_the_search_and_its_trials(moto_endpoint, data_uris, tmp_path):
+    """Storage on S3 through --s3-profile only: a search in its own embedded Ray, whose nodes (like the
+    driver) have the profile but no keys in their environment, writes its state, start records and results
+    to the bucket; the same search with a profile nobody has fails with one line before any trial."""
+    import boto3
+
+    from conftest import S3_KEY, S3_SECRET
+
+    train, test = data_uris
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[sem]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+               AWS_ENDPOINT_URL=moto_endpoint, AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               SEM_DIST_PROGRESS="0")
+    bucket = f"b-{os.urandom(6).hex()}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    args = [sys.executable, "-m", "sem_dist", "tune", "--data", train, "--test", test, "--space",
+            space_file(tmp_path, **{"victim.epochs": 1}), "--scheduler", "none", "--storage", f"s3://{bucket}/tune",
+            "--name", "profiled"]
+    bad = subprocess.run([*args, "--s3-profile", "nope"], env=env, capture_output=True, text=True, timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1 and "profile (nope) could not be found" in lines[0], bad.stderr[-3000:]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+    good = subprocess.run([*args, "--s3-profile", "sem"], env=env, capture_output=True, text=True, timeout=400)
+    assert good.returncode == 0, good.stderr[-3000:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert {"tune/profiled/results.csv", "tune/profiled/search.json"} <= set(keys)
+    assert sum(k.startswith("tune/profiled/starts/") for k in keys) == 1  # written by the trial
+    assert any(k.startswith("tune/profiled/experiment_state") for k in keys)  # Tune's own storage
+    rows = read_rows(s3.get_object(Bucket=bucket, Key="tune/profiled/results.csv")["Body"].read().decode())
+    assert [r["status"] for r in rows] == ["done"]
+    assert S3_SECRET not in good.stdout + good.stderr and S3_KEY not in good.stdout + good.stderr
+
+
 @pytest.mark.parametrize("space, message", [
     ({"budget.rho_x": 0.1}, "unknown config key 'budget.rho_x'"),
     ({"victim.wings": 2}, "unknown victim key 'victim.wings'"),
