@@ -63,8 +63,9 @@ def plot_robustness(analysis: dict, path: str | Path) -> None:
 def plot_projection(analysis: dict, path: str | Path) -> None:
     """Figure 7: the three perturbation groups in the 2-D projection, with the coverage distances."""
     plt = _pyplot()
-    labels = {"rem_adversarial": "REM δ^a (noise training)", "sem_random": "SEM δ^r (noise training)",
-              "victim_adversarial": "victim's adversarial training δ"}
+    labels = {"rem_adversarial": "REM $\\delta^a$ (noise training)",
+              "sem_random": "SEM $\\delta^r$ (noise training)",
+              "victim_adversarial": "victim's adversarial training $\\delta$"}
     fig, ax = plt.subplots(figsize=(6, 5))
     for (group, pts), marker in zip(analysis["points"].items(), ("o", "s", "^")):
         xy = list(zip(*pts)) or [[], []]

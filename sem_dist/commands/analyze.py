@@ -117,7 +117,7 @@ def add_arguments(p) -> None:
                         "default: %(default)s)")
     q.add_argument("--victim-adv-steps", type=int, default=10, help="the victim's PGD steps (default: 10)")
     _victim_arguments(q, "the victim's")
-    _output_arguments(q, "sem-dist-projection", "the summary")
+    _output_arguments(q, "sem-dist-projection", "the summary")  # --out: a local folder or s3://
 
 
 def _clean_data(args, storage):
@@ -195,14 +195,8 @@ def run(args) -> int:
     return 0
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".tmp-{path.name}")  # same suffix: matplotlib picks the format from it
-    write(tmp)
-    tmp.replace(path)
-
-
 def run_projection(args) -> int:
+    import io
     import time
 
     import numpy as np
@@ -210,7 +204,7 @@ def run_projection(args) -> int:
     from ..analysis.figures import plot_projection
     from ..analysis.projection import GROUPS, perturbation_groups, projection_analysis, resolve_projection
     from ..data import load_dataset
-    from ..data.storage import redact_uri
+    from ..data.storage import open_location, redact_uri
     from ..device import resolve_device
     from ..perturb.regenerate import apply_noise
     from ..pipeline import fit_method, regenerate_all
@@ -221,6 +215,7 @@ def run_projection(args) -> int:
     projection = resolve_projection(args.projection)
     device = resolve_device(args.device)
     storage = storage_options(args)
+    out = open_location(args.out, storage)  # a bad --out fails before any work
     clean = _clean_data(args, storage)
     test = load_dataset(args.test, storage=storage) if args.test else None
     if not 2 <= args.points <= len(clean):  # 2 per group: a 2-D projection needs a few points
@@ -244,18 +239,19 @@ def run_projection(args) -> int:
               "rem_config": rem_cfg.to_dict(), "rho_r": rem_cfg.budget.rho_random,
               "victim": trained.config, "victim_test_acc": trained.test_acc,
               **analysis, "wall_s": time.perf_counter() - t0}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "projection.png", lambda p: plot_projection(analysis, p))
-    _write_atomic(out / "projection.json", lambda p: p.write_text(json.dumps(record, indent=2)))  # last
+    png = io.BytesIO()
+    plot_projection(analysis, png)
+    out.write_bytes("projection.png", png.getvalue())  # each write whole-or-nothing, the record last
+    out.write_bytes("projection.json", json.dumps(record, indent=2).encode())
     for space in ("2d", "pixels"):
         s = analysis[f"summary_{space}"]
         print(f"{space:>6}: coverage distance of the victim's δ: REM δ^a {s['coverage_distance'][GROUPS[0]]:.3f}, "
               f"SEM δ^r {s['coverage_distance'][GROUPS[1]]:.3f}; victim points nearest to SEM "
               f"{100 * s['victim_nn_share'][GROUPS[1]]:.0f}%; best cover: {s['covers_best']}")
     print(f"projection: {projection.upper()} of {3 * args.points} perturbations; "
-          f"figure: {out / 'projection.png'}; record: {out / 'projection.json'}")
+          f"figure: {out.child('projection.png').display}; record: {out.child('projection.json').display}")
     if args.json:
         print(json.dumps({"projection": projection, "counts": analysis["counts"], "summary_2d": analysis["summary_2d"],
-                          "summary_pixels": analysis["summary_pixels"], "record": str(out / "projection.json")}))
+                          "summary_pixels": analysis["summary_pixels"],
+                          "record": out.child("projection.json").display}))
     return 0
