@@ -68,13 +68,13 @@ def _generator_arguments(r) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of every stage (default: %(default)s)")
 
 
-def _victim_arguments(r, what: str) -> None:
+def _victim_arguments(r, what: str, standard: str = "; 0 = standard") -> None:
     r.add_argument("--victim-arch", help=f"{what} architecture (default: the surrogate's)")
     length = r.add_mutually_exclusive_group()
     length.add_argument("--victim-epochs", type=float, help=f"{what} training length in epochs (default: 40)")
     length.add_argument("--victim-steps", type=int, help=f"{what} training length in steps")
     r.add_argument("--victim-adv-rho", type=fraction_arg,
-                   help=f"{what} adversarial training radius in [0,1] units (default: ρ_a; 0 = standard)")
+                   help=f"{what} adversarial training radius in [0,1] units (default: ρ_a{standard})")
 
 
 def _output_arguments(r, out: str, what: str) -> None:
@@ -116,7 +116,7 @@ def add_arguments(p) -> None:
                    help="whose protected images the victim trains on (sem trains a SEM generator too; "
                         "default: %(default)s)")
     q.add_argument("--victim-adv-steps", type=int, default=10, help="the victim's PGD steps (default: 10)")
-    _victim_arguments(q, "the victim's")
+    _victim_arguments(q, "the victim's", standard="; must be > 0")
     _output_arguments(q, "sem-dist-projection", "the summary")  # --out: a local folder or s3://
 
 
