@@ -1,5 +1,5 @@
-"""Search the method's hyperparameters with Ray Tune as a Ray job (runs `sem-dist tune` once that command
-exists; until then it exits 2 saying so).
+"""Search the method's hyperparameters with Ray Tune as a Ray job: `sem-dist tune` run against the cluster
+the job was submitted to (multi-worker trials with --workers N; S3 storage with --s3-profile NAME).
 
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/tune.py ...
 

@@ -128,6 +128,73 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_cluste
     assert [int(r["starts"]) for r in rows] == [1, 2, 1]
 
 
+def test_multi_worker_trials_forward_generator_progress_to_optuna_and_asha(ray_cluster, cli, data_uris, tmp_path):
+    """--workers 2: each trial drives a 2-worker Ray Train run of Algorithm 1 whose every step reaches Tune
+    as a generator-phase result, then reports its victim's epochs. Optuna and ASHA see the objective only
+    from victim epochs (a generator result stopping or confusing them would end a trial before its victim);
+    the embedded Ray's 4 CPUs fit one trial (1 + 2 workers) at a time, so --max-concurrent 2 is lowered."""
+    train, test = data_uris
+    space = space_file(tmp_path, **{"budget.rho_r": {"choice": [0, "4/255"]}, "trainer.checkpoint_every": 1,
+                                    "victim.epochs": 2})
+    code, out, err = cli("tune", "--data", train, "--test", test, "--space", space, "--search", "optuna",
+                         "--num-samples", "2", "--workers", "2", "--max-concurrent", "2", "--scheduler", "asha",
+                         "--storage", tmp_path / "runs", "--name", "workers", "--json")
+    assert code == 0, err[-3000:]
+    assert "--max-concurrent 2 lowered to 1" in err
+    folder = tmp_path / "runs" / "workers"
+    rows = read_rows((folder / "results.csv").read_text())
+    assert len(rows) == 2 and json.loads(out.strip().splitlines()[-1])["trials"] == 2
+    for row in rows:
+        results = [json.loads(line) for path in folder.glob(f"*{row['trial_id']}*/result.json")
+                   for line in path.read_text().splitlines()]
+        generator = [r for r in results if r.get("phase") == "generator"]
+        victim = [r for r in results if r.get("phase") == "victim"]
+        assert [r["step"] for r in generator] == [1, 2, 3] and all(r["workers"] == 2 for r in generator), results
+        assert all(r["objective"] is None and "checkpoint_path" in r for r in generator)
+        assert results.index(generator[-1]) < results.index(victim[0])  # the generator's phase comes first
+        assert victim[0]["victim_epoch"] == 1 and 0 <= victim[-1]["test_acc"] <= 1
+        assert float(row["test_acc"]) == victim[-1]["test_acc"] and float(row["gen_s"]) > 0
+    assert any(r["status"] == "done" for r in rows), rows
+
+
+def test_s3_profile_reaches_the_search_and_its_trials(moto_endpoint, data_uris, tmp_path):
+    """Storage on S3 through --s3-profile only: a search in its own embedded Ray, whose nodes (like the
+    driver) have the profile but no keys in their environment, writes its state, start records and results
+    to the bucket; the same search with a profile nobody has fails with one line before any trial."""
+    import boto3
+
+    from conftest import S3_KEY, S3_SECRET
+
+    train, test = data_uris
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[sem]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+               AWS_ENDPOINT_URL=moto_endpoint, AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               SEM_DIST_PROGRESS="0")
+    bucket = f"b-{os.urandom(6).hex()}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    args = [sys.executable, "-m", "sem_dist", "tune", "--data", train, "--test", test, "--space",
+            space_file(tmp_path, **{"victim.epochs": 1}), "--scheduler", "none", "--storage", f"s3://{bucket}/tune",
+            "--name", "profiled"]
+    bad = subprocess.run([*args, "--s3-profile", "nope"], env=env, capture_output=True, text=True, timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1 and "profile (nope) could not be found" in lines[0], bad.stderr[-3000:]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+    good = subprocess.run([*args, "--s3-profile", "sem"], env=env, capture_output=True, text=True, timeout=400)
+    assert good.returncode == 0, good.stderr[-3000:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert {"tune/profiled/results.csv", "tune/profiled/search.json"} <= set(keys)
+    assert sum(k.startswith("tune/profiled/starts/") for k in keys) == 1  # written by the trial
+    assert any(k.startswith("tune/profiled/experiment_state") for k in keys)  # Tune's own storage
+    rows = read_rows(s3.get_object(Bucket=bucket, Key="tune/profiled/results.csv")["Body"].read().decode())
+    assert [r["status"] for r in rows] == ["done"]
+    assert S3_SECRET not in good.stdout + good.stderr and S3_KEY not in good.stdout + good.stderr
+
+
 @pytest.mark.parametrize("space, message", [
     ({"budget.rho_x": 0.1}, "unknown config key 'budget.rho_x'"),
     ({"victim.wings": 2}, "unknown victim key 'victim.wings'"),

@@ -58,3 +58,24 @@ def plot_robustness(analysis: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_projection(analysis: dict, path: str | Path) -> None:
+    """Figure 7: the three perturbation groups in the 2-D projection, with the coverage distances."""
+    plt = _pyplot()
+    labels = {"rem_adversarial": "REM $\\delta^a$ (noise training)",
+              "sem_random": "SEM $\\delta^r$ (noise training)",
+              "victim_adversarial": "victim's adversarial training $\\delta$"}
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for (group, pts), marker in zip(analysis["points"].items(), ("o", "s", "^")):
+        xy = list(zip(*pts)) or [[], []]
+        ax.scatter(xy[0], xy[1], s=10, alpha=0.6, marker=marker, label=f"{labels.get(group, group)} ({len(pts)})")
+    cov = analysis["summary_2d"]["coverage_distance"]
+    ax.set_title(f"{analysis['projection'].upper()} of perturbations; coverage of the victim's: "
+                 f"REM {cov['rem_adversarial']:.2f}, SEM {cov['sem_random']:.2f} (lower covers better)", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -86,7 +86,7 @@ def run(args) -> int:
                         quick=args.quick, workers=args.workers, cpus_per_trial=args.cpus_per_trial, subset=args.subset,
                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                         max_protect_s=args.max_protect_s, seed=args.seed, device=args.device, address=args.address,
-                        s3_endpoint=args.s3_endpoint)
+                        s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)
     result = run_search(req)
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "stopped", "error", "unfinished")}
     print(f"{result.trials} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

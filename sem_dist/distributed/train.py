@@ -225,9 +225,11 @@ def _bad_record(exc: BaseException) -> DataError | None:
 
 
 def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
-                  info=None) -> tuple[dict, dict]:
+                  info=None, callbacks: list | None = None) -> tuple[dict, dict]:
     """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics.
-    ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``."""
+    ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``;
+    ``callbacks`` are ``ray.train.UserCallback``s of the run's controller (a Tune trial driving the run
+    passes one that forwards its reports to Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -261,7 +263,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
         run_config=RunConfig(name=opts.name, storage_path=storage_path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             logging_config=LoggingConfig(log_level="WARNING"),
+                             logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks,
                              # our own progress lines are enough; Ray's print patch would repeat them
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
     )
@@ -280,7 +282,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
 
 
 def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptions,
-                           address: str | None = None, info=None):
+                           address: str | None = None, info=None, callbacks: list | None = None):
     """``pipeline.fit_method`` on Ray Train: the fitted method and Ray's last metrics. Methods without an
     Algorithm-1 generator (TAP, SC, NTGA) have nothing to spread across workers and fit in-process."""
     import sys
@@ -295,6 +297,6 @@ def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptio
                              "not on a streamed dataset")
         print(f"sem-dist: {cfg.method} has no Algorithm-1 generator; fitting in this process", file=sys.stderr)
         return fit_method(cfg, data, device), {"workers": 1}
-    state, metrics = fit_generator(cfg, data, opts, address, info)
+    state, metrics = fit_generator(cfg, data, opts, address, info, callbacks)
     method.load_state_dict({"model": state["model"]})
     return method, metrics

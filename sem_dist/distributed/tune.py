@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from ..data.storage import refuse_credentials
+from ..data.storage import StorageOptions, refuse_credentials
 
 from .search_space import Space, load_space, parse_space, protect_config, to_ray, victim_config
 
@@ -62,6 +62,10 @@ class SearchRequest:
     device: str = "auto"
     address: str | None = None
     s3_endpoint: str | None = None
+    s3_profile: str | None = None  # a profile name the driver and every trial's node resolve; never a secret
+
+    def store(self) -> StorageOptions:
+        return StorageOptions(self.s3_endpoint, self.s3_profile)
 
 
 @dataclass
@@ -92,17 +96,17 @@ class TrialSettings:
     subset: int | None
     seed: int
     storage: str  # the search's folder (URI): generators/ and starts/ go under it
-    s3_endpoint: str | None
+    store: StorageOptions
     max_protect_s: float | None
 
 
 # ---- one trial ------------------------------------------------------------------------------------
 
-def _write(uri: str, data: bytes, endpoint: str | None) -> None:
+def _write(uri: str, data: bytes, store: StorageOptions) -> None:
     """Write a file at a local path or s3:// URI; local writes are atomic (temp file + rename)."""
     from .storage import storage_for
 
-    path, fs = storage_for(uri, endpoint)
+    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
     if fs is None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -114,12 +118,12 @@ def _write(uri: str, data: bytes, endpoint: str | None) -> None:
             f.write(data)
 
 
-def _read(uri: str, endpoint: str | None) -> bytes | None:
+def _read(uri: str, store: StorageOptions) -> bytes | None:
     import pyarrow.fs
 
     from .storage import storage_for
 
-    path, fs = storage_for(uri, endpoint)
+    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
     fs = fs or pyarrow.fs.LocalFileSystem()
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         return None
@@ -127,22 +131,22 @@ def _read(uri: str, endpoint: str | None) -> bytes | None:
         return f.read()
 
 
-def _list(uri: str, endpoint: str | None) -> list[str]:
+def _list(uri: str, store: StorageOptions) -> list[str]:
     """Base names of the files directly under a folder URI ([] when it does not exist)."""
     import pyarrow.fs
 
     from .storage import storage_for
 
-    path, fs = storage_for(uri, endpoint)
+    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
     fs = fs or pyarrow.fs.LocalFileSystem()
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File]
 
 
-def trial_starts(storage: str, endpoint: str | None = None) -> dict[str, int]:
+def trial_starts(storage: str, store: StorageOptions) -> dict[str, int]:
     """How many times each trial started (a restarted trial counts twice), from the start records."""
     counts: dict[str, int] = {}
-    for name in _list(f"{storage}/starts", endpoint):
+    for name in _list(f"{storage}/starts", store):
         trial_id = name.split(".", 1)[0]
         counts[trial_id] = counts.get(trial_id, 0) + 1
     return counts
@@ -164,24 +168,27 @@ def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
     from ..perturb.regenerate import apply_noise
     from ..pipeline import fit_method, regenerate_all
     from ..victims.train import train_victim
+    from .trial_phases import PHASE, VICTIM
 
     os.environ["SEM_DIST_PROGRESS"] = "0"  # this trial's process only: Tune's status table is the progress view
     # the data arrive zero-copy from the object store, read-only; torch only reads them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     trial_id = tune.get_context().get_trial_id()
     _write(f"{settings.storage}/starts/{trial_id}.{time.time_ns()}.json",
-           json.dumps({"trial_id": trial_id, "config": config, "time": time.time()}).encode(), settings.s3_endpoint)
+           json.dumps({"trial_id": trial_id, "config": config, "time": time.time()}).encode(), settings.store)
     device = resolve_device(settings.device)
     cfg = protect_config(settings.method, train.image_side, config)
     t0 = time.perf_counter()
     if settings.workers > 1:
         from .train import RayTrainOptions, fit_method_distributed
+        from .trial_phases import GeneratorProgress
 
         # same (storage, name) on a restarted trial: Ray Train continues from the generator's checkpoint
         opts = RayTrainOptions(workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
                                storage=f"{settings.storage}/generators", name=trial_id, resume=True,
-                               s3_endpoint=settings.s3_endpoint)
-        method, _ = fit_method_distributed(cfg, train, device, opts)
+                               s3_endpoint=settings.store.s3_endpoint, s3_profile=settings.store.s3_profile)
+        # the trial is the Train run's driver: rank 0's reports reach Tune as generator-phase results
+        method, _ = fit_method_distributed(cfg, train, device, opts, callbacks=[GeneratorProgress(METRIC)])
     else:
         method = fit_method(cfg, train, device)
     gen_s = time.perf_counter() - t0
@@ -203,7 +210,8 @@ def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
             return  # not an evaluation point
         epoch = min(epochs, stats["step"] * victim.batch_size / len(protected))
         victim_s = time.perf_counter() - t1
-        tune.report({METRIC: stats["test_acc"] + (1.0 if over_budget else 0.0), "test_acc": stats["test_acc"],
+        tune.report({METRIC: stats["test_acc"] + (1.0 if over_budget else 0.0), PHASE: VICTIM,
+                     "test_acc": stats["test_acc"],
                      "train_acc": stats["train_acc"], "victim_epoch": round(epoch, 4),
                      "victim_epochs": round(epochs, 4), "victim_step": stats["step"], "gen_s": gen_s,
                      "regen_s": regen_s, "protect_s": protect_s, "victim_s": victim_s,
@@ -240,10 +248,9 @@ def _check(req: SearchRequest) -> None:
 def _load_data(req: SearchRequest):
     import numpy as np
 
-    from ..data import StorageOptions, load_dataset
+    from ..data import load_dataset
 
-    storage = StorageOptions(s3_endpoint=req.s3_endpoint)
-    train, test = load_dataset(req.data, storage=storage), load_dataset(req.test, storage=storage)
+    train, test = load_dataset(req.data, storage=req.store()), load_dataset(req.test, storage=req.store())
     if train.classes != test.classes:
         raise ValueError(f"--data and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
     if req.quick:
@@ -272,17 +279,28 @@ def _searcher(req: SearchRequest, concurrency: int):
 
         # grid points expanded, distributions sampled
         return BasicVariantGenerator(max_concurrent=concurrency, random_state=req.seed)
-    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return ConcurrencyLimiter(OptunaSearch(seed=req.seed), max_concurrent=concurrency)
+    from .trial_phases import VictimResultsLimiter
+
+    return VictimResultsLimiter(OptunaSearch(seed=req.seed), max_concurrent=concurrency)
 
 
 def _concurrency(req: SearchRequest) -> int:
+    """Trials at once: --max-concurrent, else as many as the cluster's CPUs fit. A multi-worker trial holds
+    its own CPU while its Train workers need theirs outside that reservation (a V2 trainer places its
+    workers in a placement group of its own), so more trials than fit would each hold a CPU and wait
+    forever for workers: the bound is then capped at what fits."""
     import ray
 
     per_trial = req.cpus_per_trial + (req.workers if req.workers > 1 else 0)
-    return req.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    if req.workers > 1 and req.max_concurrent is not None and req.max_concurrent > fits:
+        print(f"sem-dist tune: --max-concurrent {req.max_concurrent} lowered to {fits}: each trial needs "
+              f"{per_trial:g} CPUs ({req.cpus_per_trial:g} for the trial + {req.workers} Train workers)",
+              file=sys.stderr)
+        return fits
+    return req.max_concurrent or fits
 
 
 def _result_rows(exp_path: str, fs, keys: list[str], starts: dict[str, int]) -> list[dict]:
@@ -309,14 +327,14 @@ def best_row(rows: list[dict]) -> dict | None:
     return min(done, key=lambda r: (r[METRIC], r["trial_id"])) if done else None
 
 
-def _write_results(exp_uri: str, rows: list[dict], keys: list[str], endpoint: str | None) -> list[str]:
+def _write_results(exp_uri: str, rows: list[dict], keys: list[str], store: StorageOptions) -> list[str]:
     from ..analysis.sensitivity import plot_figure5, plot_table6, to_csv, to_markdown
 
     columns = ["trial_id", "status", *keys, "test_acc", METRIC, "victim_epoch", "gen_s", "regen_s", "protect_s",
                "victim_s", "cost_worker_s", "starts"]
-    _write(f"{exp_uri}/results.csv", to_csv(rows, columns).encode(), endpoint)
+    _write(f"{exp_uri}/results.csv", to_csv(rows, columns).encode(), store)
     md_columns = [c for c in columns if c != METRIC or any(r.get(METRIC) != r.get("test_acc") for r in rows)]
-    _write(f"{exp_uri}/results.md", to_markdown(rows, md_columns).encode(), endpoint)
+    _write(f"{exp_uri}/results.md", to_markdown(rows, md_columns).encode(), store)
     figures = []
     finished = [r for r in rows if r["status"] == "done"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -324,7 +342,7 @@ def _write_results(exp_uri: str, rows: list[dict], keys: list[str], endpoint: st
             local = os.path.join(tmp, name)
             if plot(finished, local):
                 with open(local, "rb") as f:
-                    _write(f"{exp_uri}/{name}", f.read(), endpoint)
+                    _write(f"{exp_uri}/{name}", f.read(), store)
                 figures.append(f"{exp_uri}/{name}")
     return figures
 
@@ -345,10 +363,11 @@ def run_search(req: SearchRequest) -> SearchResult:
     from .storage import storage_for
 
     _check(req)
-    storage_path, fs = storage_for(req.storage, req.s3_endpoint)
+    store = req.store()
+    storage_path, fs = storage_for(req.storage, store.s3_endpoint, store.s3_profile)
     exp_path = f"{storage_path}/{req.name}"
     exp_uri = f"{req.storage.rstrip('/')}/{req.name}" if fs is not None else exp_path
-    stored = _read(f"{exp_uri}/{SEARCH_FILE}", req.s3_endpoint)
+    stored = _read(f"{exp_uri}/{SEARCH_FILE}", store)
     if stored is not None and not req.resume:
         raise FileExistsError(f"a search named {req.name!r} already exists under {redact_uri(req.storage)}; "
                               "pass --resume to continue it or choose another --name")
@@ -366,7 +385,7 @@ def run_search(req: SearchRequest) -> SearchResult:
 
     connect(req.address)
     settings = TrialSettings(method=req.method, device=req.device, workers=req.workers, cpus_per_worker=1.0,
-                             subset=req.subset, seed=req.seed, storage=exp_uri, s3_endpoint=req.s3_endpoint,
+                             subset=req.subset, seed=req.seed, storage=exp_uri, store=store,
                              max_protect_s=req.max_protect_s)
     trainable = tune.with_resources(tune.with_parameters(run_trial, train=train, test=test, settings=settings),
                                     {"cpu": req.cpus_per_trial})
@@ -374,8 +393,7 @@ def run_search(req: SearchRequest) -> SearchResult:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
     else:
-        _write(f"{exp_uri}/{SEARCH_FILE}", json.dumps(_settings_record(req, space), indent=2).encode(),
-               req.s3_endpoint)
+        _write(f"{exp_uri}/{SEARCH_FILE}", json.dumps(_settings_record(req, space), indent=2).encode(), store)
         tuner = tune.Tuner(
             trainable, param_space=to_ray(space, req.search),
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=req.num_samples,
@@ -384,8 +402,8 @@ def run_search(req: SearchRequest) -> SearchResult:
             run_config=tune.RunConfig(name=req.name, storage_path=storage_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=1), verbose=1))
     tuner.fit()
-    rows = _result_rows(exp_path, fs, keys, trial_starts(exp_uri, req.s3_endpoint))
-    figures = _write_results(exp_uri, rows, keys, req.s3_endpoint)
+    rows = _result_rows(exp_path, fs, keys, trial_starts(exp_uri, store))
+    figures = _write_results(exp_uri, rows, keys, store)
     best = best_row(rows)
     return SearchResult(best_config=None if best is None else {k: best[k] for k in keys},
                         best_test_acc=None if best is None else best["test_acc"], trials=len(rows),
