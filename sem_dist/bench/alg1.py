@@ -45,6 +45,9 @@ def add_arguments(group) -> None:
     group.add_argument("--amp", action="store_true", help="bf16 autocast on every pass")
     group.add_argument("--baseline-layout", action="store_true",
                        help="also time SEM with a contiguous, uncompiled model: reports speedup_vs_contiguous")
+    group.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                       help="wall time (default) or this process's CPU time (all its threads), which other "
+                            "processes' load skews less")
     group.add_argument("--reps", type=int, help="timed steps per method (default 3; 1 with --quick)")
     group.add_argument("--no-rem", action="store_true", help="time SEM only (REM costs ≈ 9× SEM: skip it for big models)")
     group.add_argument("--ku", type=int, help="K_u noise steps (default 10; fewer shortens a run, same pass shapes)")
@@ -93,6 +96,7 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
         pass_chunk: str = "auto", amp: bool = False, baseline_layout: bool = False, reps: int | None = None,
         no_rem: bool = False, ku: int | None = None, ka: int | None = None) -> dict:
     torch.manual_seed(0)
+    tick = time.process_time if clock == "cpu" else time.perf_counter
     batch = batch_size or (32 if quick else 128)
     reps = reps or (1 if quick else 3)
     dev = resolve_device(device)
@@ -111,19 +115,19 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
         r.run_step(x, y)
     net, opt, chunk = runs["sem"].model, runs["sem"].optimizer, runs["sem"].spec.chunk_rows(x)
     times: dict[str, list[float]] = {k: [] for k in [*runs, "input_grad", "input_grad_whole", "train"]}
-    profile_total = StepProfile()
+    profile_total = StepProfile(tick)
     for i in range(reps):  # interleaved so drift in machine load hits every measurement alike
         for k, r in runs.items():
             if k == "sem":
-                t, profile = profiled_steps(r, x, y, 1)
+                t, profile = profiled_steps(r, x, y, 1, tick)
                 for part, s in profile.seconds.items():
                     profile_total.seconds[part] += s
                 times[k] += t
             else:
-                times[k].append(_timed(dev, lambda: r.run_step(x, y)))
-        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk)) for _ in range(5)]
-        times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None)) for _ in range(5)]
-        times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y)) for _ in range(5)]
+                times[k].append(_timed(dev, lambda: r.run_step(x, y), tick))
+        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk), tick) for _ in range(5)]
+        times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None), tick) for _ in range(5)]
+        times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y), tick) for _ in range(5)]
         if verbose:
             print(f"rep {i + 1}/{reps}: " + " ".join(f"{k} {times[k][-1]:.2f}s" for k in runs), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -132,7 +136,7 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     sem_total = sum(times["sem"])
     out = {
         "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
-        "device": str(dev), "reps": reps, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
+        "device": str(dev), "reps": reps, "clock": clock, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
         "layout": {**trainer_layout(cfg.trainer, dev, tuple(x.shape)), "amp": amp},
         "sem_step_s": med["sem"],
         "t_input_grad_pass_s": med["input_grad"], "t_input_grad_whole_pass_s": med["input_grad_whole"],
