@@ -94,7 +94,7 @@ def profiled_steps(training: GeneratorTraining, x, y, steps: int,
 def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
         image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
         pass_chunk: str = "auto", amp: bool = False, baseline_layout: bool = False, reps: int | None = None,
-        no_rem: bool = False, ku: int | None = None, ka: int | None = None) -> dict:
+        no_rem: bool = False, ku: int | None = None, ka: int | None = None, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     tick = time.process_time if clock == "cpu" else time.perf_counter
     batch = batch_size or (32 if quick else 128)
@@ -136,7 +136,8 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     sem_total = sum(times["sem"])
     out = {
         "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
-        "device": str(dev), "reps": reps, "clock": clock, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
+        "device": str(dev), "reps": reps, "clock": clock,
+        "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
         "layout": {**trainer_layout(cfg.trainer, dev, tuple(x.shape)), "amp": amp},
         "sem_step_s": med["sem"],
         "t_input_grad_pass_s": med["input_grad"], "t_input_grad_whole_pass_s": med["input_grad_whole"],

@@ -85,7 +85,7 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
 
 def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, spec: NoiseSpec,
                    rows: RepeatStream) -> torch.Tensor:
-    """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (rows: J per sample),
+    """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (J rows per sample),
     run as chunks of rows where that is faster (``spec.chunk_rows``); the model's input gradient is then
     taken back through the clamp and t_j to δ^u in one more (cheap) backward."""
     j = spec.samples
