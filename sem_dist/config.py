@@ -21,6 +21,7 @@ LARGE_IMAGE_MIN_SIDE = 64  # images at least this wide use the ImageNet-size def
 INNER_KINDS = ("random", "adversarial", "none")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 COMPILE_MODES = ("auto", "on", "off")
+PASS_CHUNK_MODES = ("auto", "off")  # or a number of rows
 TRANSFORMS = ("auto", "crop_flip", "resized_crop_flip", "none")
 
 
@@ -38,6 +39,16 @@ def parse_fraction(value: Any) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise ValueError(f"not a number or fraction: {value!r} (write e.g. 8/255 or 0.0314)")
+
+
+def parse_pass_chunk(value: Any) -> str | int:
+    """``auto``, ``off`` or a positive number of rows (``"64"`` from a command line or YAML string)."""
+    text = str(value).strip().lower()
+    if text in PASS_CHUNK_MODES:
+        return text
+    if text.isdigit() and int(text) >= 1 and not isinstance(value, (bool, float)):
+        return int(text)
+    raise ValueError(f"trainer.pass_chunk={value!r}: choose auto, off or a number of rows >= 1")
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Trainer:
     amp: bool = False  # bf16 autocast on every pass (where the device has bf16); off for exact CPU results
     memory_format: str = "auto"  # auto | channels_last | contiguous (auto: channels_last, measured faster)
     compile: str = "auto"  # auto | on | off: torch.compile (auto: on for long runs of models it speeds up)
+    pass_chunk: str | int = "auto"  # auto | off | N: rows per chunk of an input-gradient pass (auto: by device)
 
 
 @dataclass
@@ -133,6 +145,7 @@ class ProtectConfig:
                                  ("trainer.compile", self.trainer.compile, COMPILE_MODES)):
             if v not in choices:
                 raise ValueError(f"{name}={v!r}: choose one of {', '.join(choices)}")
+        self.trainer.pass_chunk = parse_pass_chunk(self.trainer.pass_chunk)
         if self.trainer.steps < 0:
             raise ValueError(f"trainer.steps={self.trainer.steps} must be >= 0")
         return self

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from .config import COMPILE_MODES, MEMORY_FORMATS
+from .config import COMPILE_MODES, MEMORY_FORMATS, parse_pass_chunk
 
 # torch.compile makes the CIFAR ResNet-18's input-gradient pass 1.68× faster on a 2-core CPU after ≈ 50 s
 # of compilation per graph, and small_cnn's 0.66× as fast (measured for issue #13). Algorithm 1 compiles
@@ -15,6 +15,14 @@ from .config import COMPILE_MODES, MEMORY_FORMATS
 # hundred (an estimate: no GPU measured). Hence: compile from this many steps on.
 COMPILE_MIN_STEPS = 500
 COMPILE_SLOWER = frozenset({"small_cnn"})  # measured slower compiled: auto never compiles these
+
+
+# On a CPU an input-gradient pass costs up to ≈ 2× more per image over Algorithm 1's J·B = 640 rows than
+# over 64–128 (small_cnn and the CIFAR ResNet-18, quiet 2-core EPYC: the activations of a big pass spill out
+# of the caches). ``pass_chunk: auto`` therefore runs a CPU pass as chunks of about this many pixels
+# (64 images at 32×32); a GPU, which wants big batches, runs the pass whole. Numbers: docs/performance.md.
+CPU_CHUNK_PIXELS = 64 * 32 * 32
+MIN_CHUNK_ROWS = 8  # large images: fewer rows would leave the per-pass overhead unpaid
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -61,6 +69,17 @@ def resolve_compile(setting: str, arch: str, steps: int) -> bool:
     return setting == "on"
 
 
+def resolve_pass_chunk(setting: str | int, device: torch.device, image_shape: tuple[int, ...]) -> int | None:
+    """Rows per chunk of an input-gradient pass over images of ``image_shape`` (…, H, W) on ``device``;
+    ``None``: one pass over all rows. ``auto`` → chunks of CPU_CHUNK_PIXELS on a CPU, whole on a GPU."""
+    setting = parse_pass_chunk(setting)
+    if setting == "off" or (setting == "auto" and device.type != "cpu"):
+        return None
+    if setting == "auto":
+        return max(MIN_CHUNK_ROWS, CPU_CHUNK_PIXELS // (image_shape[-2] * image_shape[-1]))
+    return setting
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device, memory_format: str = "auto",
                   compile: bool = False, backend: str = "inductor") -> torch.nn.Module:
     """Move to ``device`` in ``memory_format`` (4-D weights; convolutions then run in that layout) and
@@ -73,10 +92,14 @@ def prepare_model(model: torch.nn.Module, device: torch.device, memory_format: s
     return model
 
 
-def trainer_layout(trainer) -> dict:
-    """The resolved layout of a run's passes from its ``trainer`` config (recorded in manifests)."""
-    return {"memory_format": resolve_memory_format(trainer.memory_format),
-            "compile": resolve_compile(trainer.compile, trainer.arch, trainer.steps)}
+def trainer_layout(trainer, device: torch.device | None = None, image_shape: tuple[int, ...] | None = None) -> dict:
+    """The resolved layout of a run's passes from its ``trainer`` config (recorded in manifests); with the
+    device and image shape also the rows per input-gradient chunk (``"off"``: whole passes)."""
+    out = {"memory_format": resolve_memory_format(trainer.memory_format),
+           "compile": resolve_compile(trainer.compile, trainer.arch, trainer.steps)}
+    if device is not None and image_shape is not None:
+        out["pass_chunk"] = resolve_pass_chunk(trainer.pass_chunk, device, image_shape) or "off"
+    return out
 
 
 def prepare_for(trainer, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

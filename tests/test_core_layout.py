@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from sem_dist.config import resolve_config
-from sem_dist.device import prepare_model, resolve_compile, trainer_layout
+from sem_dist.device import (CPU_CHUNK_PIXELS, MIN_CHUNK_ROWS, prepare_model, resolve_compile, resolve_pass_chunk,
+                             trainer_layout)
 from sem_dist.models import build_model
+from sem_dist.perturb.generator import GeneratorTraining
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
 from sem_dist.perturb.pgd import frozen, pgd
 from sem_dist.rng import CounterStream
@@ -80,3 +82,42 @@ def test_layout_choices_resolve_by_the_documented_rule_and_bad_values_are_named(
         resolve_config("sem", 32, overrides={"trainer.compile": "sometimes"})
     with pytest.raises(ValueError, match="trainer.memory_format"):
         resolve_config("sem", 32, overrides={"trainer.memory_format": "nhwc"})
+
+
+def test_chunked_passes_give_the_whole_passs_noise_and_attack():
+    # J·B = 8 rows as chunks of 3, 3 and 2: on a frozen model each row's gradient is its own
+    spec, x, y = _setup(**{"trainer.pass_chunk": "off"})
+    chunked, _, _ = _setup(**{"trainer.pass_chunk": 3})
+    assert spec.chunk_rows(x) is None and chunked.chunk_rows(x) == 3
+    model = _model("channels_last")
+    _assert_same(_grad_and_noise(model, spec, x, y), _grad_and_noise(model, chunked, x, y))
+    with frozen(model):
+        whole = pgd(model, x, y, RHO, RHO / 4, 3, stream=CounterStream.for_rows(3, torch.arange(4)))
+        split = pgd(model, x, y, RHO, RHO / 4, 3, stream=CounterStream.for_rows(3, torch.arange(4)), chunk=3)
+    assert (whole - split).abs().gt(1e-6).float().mean() < 0.01
+
+
+def test_a_chunked_algorithm_1_step_trains_theta_as_the_whole_pass_does():
+    over = {"trainer.arch": "small_cnn", "trainer.batch_size": 4, "solver.steps": 2, "solver.samples": 2,
+            "attack.steps": 2}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+    runs = [GeneratorTraining.create(resolve_config("sem", 16, overrides={**over, "trainer.pass_chunk": c}),
+                                     10, 3, 16, CPU) for c in ("off", 3)]
+    for r in runs:
+        r.run_step(x, y)
+    for a, b in zip(*(r.model.state_dict().values() for r in runs)):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+
+
+def test_pass_chunk_resolves_by_the_documented_rule_and_bad_values_are_named():
+    cuda = torch.device("cuda")
+    assert resolve_pass_chunk("auto", CPU, (3, 32, 32)) == CPU_CHUNK_PIXELS // 1024
+    assert resolve_pass_chunk("auto", CPU, (3, 224, 224)) == MIN_CHUNK_ROWS  # large images: a floor
+    assert resolve_pass_chunk("auto", cuda, (3, 32, 32)) is None  # a GPU runs the pass whole
+    assert resolve_pass_chunk("off", CPU, (3, 32, 32)) is None and resolve_pass_chunk(7, cuda, (3, 8, 8)) == 7
+    layout = trainer_layout(resolve_config("sem", 32, overrides={"trainer.pass_chunk": "16"}).trainer, CPU, (3, 32, 32))
+    assert layout["pass_chunk"] == 16
+    for bad in ("0", "sometimes", 2.5):
+        with pytest.raises(ValueError, match="trainer.pass_chunk"):
+            resolve_config("sem", 32, overrides={"trainer.pass_chunk": bad})

@@ -3,12 +3,14 @@ interleaved in one run, against one plain input-gradient pass and one training p
 size and in the same layout the step uses; and where a SEM step's time goes.
 
 rem_over_sem: REM time / SEM time (paper: 3.91×; pass counting: (10·5·11+11)/(10·5+11) = 9.2×).
-efficiency_sem: ((K_u·J + K_a)·t_input_grad + t_train) / t_sem_step (1 = no overhead beyond the passes).
+efficiency_sem: ((K_u·J + K_a)·t_input_grad + t_train) / t_sem_step (1 = no overhead beyond the passes), the
+plain input-gradient pass over B images run as the step runs its passes (layout, compilation, chunks);
+t_input_grad_whole_pass_s is the same pass unchunked.
 t_passes_s, t_transform_s, t_random_s, t_project_s, t_other_s: a SEM step's time in forward/backward
 passes, EOT transforms, random draws, projections, and the optimizer (see ``bench.profile``);
 profile_coverage is their sum over the step time.
-speedup_vs_contiguous (with --baseline-layout): the same SEM step with a contiguous, uncompiled model
-(the layout before issue #13) over this run's step.
+speedup_vs_contiguous (with --baseline-layout): the same SEM step with a contiguous, uncompiled model whose
+passes run whole (the code before issue #13) over this run's step.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from ..config import resolve_config
 from ..device import resolve_device, trainer_layout
 from ..perturb.generator import GeneratorTraining
-from ..perturb.pgd import frozen
+from ..perturb.pgd import frozen, input_gradient
 from .profile import StepProfile, instrument
 
 
@@ -37,9 +39,15 @@ def add_arguments(group) -> None:
                        help="layout of the measured run (default auto = channels_last)")
     group.add_argument("--compile", default="off", choices=["auto", "on", "off"],
                        help="torch.compile the model (default off: compile time would swamp a short benchmark)")
+    group.add_argument("--pass-chunk", default="auto",
+                       help="rows per chunk of an input-gradient pass: auto (default; CPU: 64 rows at 32×32, "
+                            "GPU: whole), off, or a number")
     group.add_argument("--amp", action="store_true", help="bf16 autocast on every pass")
     group.add_argument("--baseline-layout", action="store_true",
                        help="also time SEM with a contiguous, uncompiled model: reports speedup_vs_contiguous")
+    group.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                       help="wall time (default) or this process's CPU time (all its threads), which other "
+                            "processes' load skews less")
     group.add_argument("--reps", type=int, help="timed steps per method (default 3; 1 with --quick)")
     group.add_argument("--no-rem", action="store_true", help="time SEM only (REM costs ≈ 9× SEM: skip it for big models)")
     group.add_argument("--ku", type=int, help="K_u noise steps (default 10; fewer shortens a run, same pass shapes)")
@@ -59,10 +67,9 @@ def _timed(device: torch.device, fn, clock: Callable[[], float] = time.perf_coun
     return clock() - t0
 
 
-def _input_grad_pass(model, x, y) -> None:
+def _input_grad_pass(model, x, y, chunk: int | None) -> None:
     with frozen(model):
-        d = torch.zeros_like(x, requires_grad=True)
-        torch.autograd.grad(F.cross_entropy(model(x + d), y, reduction="sum"), d)
+        input_gradient(model, x, y, chunk=chunk)
 
 
 def _train_pass(model, opt, x, y) -> None:
@@ -86,39 +93,41 @@ def profiled_steps(training: GeneratorTraining, x, y, steps: int,
 
 def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
         image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
-        amp: bool = False, baseline_layout: bool = False, reps: int | None = None, no_rem: bool = False,
-        ku: int | None = None, ka: int | None = None) -> dict:
+        pass_chunk: str = "auto", amp: bool = False, baseline_layout: bool = False, reps: int | None = None,
+        no_rem: bool = False, ku: int | None = None, ka: int | None = None, clock: str = "wall") -> dict:
     torch.manual_seed(0)
+    tick = time.process_time if clock == "cpu" else time.perf_counter
     batch = batch_size or (32 if quick else 128)
     reps = reps or (1 if quick else 3)
     dev = resolve_device(device)
     common = {"trainer.arch": arch, "trainer.batch_size": batch, "trainer.steps": 10 ** 6, "trainer.amp": amp,
-              "trainer.memory_format": memory_format, "trainer.compile": compile,
+              "trainer.memory_format": memory_format, "trainer.compile": compile, "trainer.pass_chunk": pass_chunk,
               **({"solver.steps": ku} if ku else {}), **({"attack.steps": ka} if ka else {})}
     variants = {"sem": ("sem", common), **({} if no_rem else {"rem": ("rem", common)})}
     if baseline_layout:
         variants["sem_contiguous"] = ("sem", {**common, "trainer.memory_format": "contiguous",
-                                              "trainer.compile": "off"})
+                                              "trainer.compile": "off", "trainer.pass_chunk": "off"})
     runs = {k: GeneratorTraining.create(resolve_config(m, image_side, overrides=o), 10, 3, image_side, dev)
             for k, (m, o) in variants.items()}
     x = torch.rand(batch, 3, image_side, image_side, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     for r in runs.values():  # warm-up (and compilation, when on)
         r.run_step(x, y)
-    net, opt = runs["sem"].model, runs["sem"].optimizer
-    times: dict[str, list[float]] = {k: [] for k in [*runs, "input_grad", "train"]}
-    profile_total = StepProfile()
+    net, opt, chunk = runs["sem"].model, runs["sem"].optimizer, runs["sem"].spec.chunk_rows(x)
+    times: dict[str, list[float]] = {k: [] for k in [*runs, "input_grad", "input_grad_whole", "train"]}
+    profile_total = StepProfile(tick)
     for i in range(reps):  # interleaved so drift in machine load hits every measurement alike
         for k, r in runs.items():
             if k == "sem":
-                t, profile = profiled_steps(r, x, y, 1)
+                t, profile = profiled_steps(r, x, y, 1, tick)
                 for part, s in profile.seconds.items():
                     profile_total.seconds[part] += s
                 times[k] += t
             else:
-                times[k].append(_timed(dev, lambda: r.run_step(x, y)))
-        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y)) for _ in range(5)]
-        times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y)) for _ in range(5)]
+                times[k].append(_timed(dev, lambda: r.run_step(x, y), tick))
+        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk), tick) for _ in range(5)]
+        times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None), tick) for _ in range(5)]
+        times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y), tick) for _ in range(5)]
         if verbose:
             print(f"rep {i + 1}/{reps}: " + " ".join(f"{k} {times[k][-1]:.2f}s" for k in runs), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -127,10 +136,12 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     sem_total = sum(times["sem"])
     out = {
         "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
-        "device": str(dev), "reps": reps, "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
-        "layout": {**trainer_layout(cfg.trainer), "amp": amp},
+        "device": str(dev), "reps": reps, "clock": clock,
+        "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
+        "layout": {**trainer_layout(cfg.trainer, dev, tuple(x.shape)), "amp": amp},
         "sem_step_s": med["sem"],
-        "t_input_grad_pass_s": med["input_grad"], "t_train_pass_s": med["train"],
+        "t_input_grad_pass_s": med["input_grad"], "t_input_grad_whole_pass_s": med["input_grad_whole"],
+        "t_train_pass_s": med["train"],
         "efficiency_sem": (passes * med["input_grad"] + med["train"]) / med["sem"],
         **profile_total.result(reps), "profile_coverage": profile_total.total() / sem_total,
         "random_share": profile_total.seconds.get("random", 0.0) / sem_total,

@@ -91,8 +91,14 @@ def instrument(profile: StepProfile, model: torch.nn.Module, optimizer: torch.op
         stack.enter_context(_patched(torch.Tensor, "backward", wrap("passes", torch.Tensor.backward)))
         for name in ("step", "zero_grad"):
             stack.enter_context(_patched(optimizer, name, wrap("other", getattr(optimizer, name))))
-        pre = model.register_forward_pre_hook(lambda *_: profile.enter())
-        post = model.register_forward_hook(lambda *_: profile.leave("passes"))
-        stack.callback(pre.remove)
-        stack.callback(post.remove)
+        compiled = getattr(model, "_compiled_call_impl", None)  # set by Module.compile()
+        if compiled is not None:
+            # hooks would run inside the compiled graph (a graph break, and a recompilation in the timed
+            # step): time the compiled call from outside instead
+            stack.enter_context(_patched(model, "_compiled_call_impl", wrap("passes", compiled)))
+        else:
+            pre = model.register_forward_pre_hook(lambda *_: profile.enter())
+            post = model.register_forward_hook(lambda *_: profile.leave("passes"))
+            stack.callback(pre.remove)
+            stack.callback(post.remove)
         yield

@@ -34,7 +34,7 @@ OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.
              "seed": "seed", "batch_size": "trainer.batch_size",
              "checkpoint_every": "trainer.checkpoint_every", "source_model": "extra.source_model",
              "block_size": "extra.block_size", "amp": "trainer.amp", "compile": "trainer.compile",
-             "memory_format": "trainer.memory_format"}
+             "memory_format": "trainer.memory_format", "pass_chunk": "trainer.pass_chunk"}
 
 
 def add_arguments(p) -> None:
@@ -69,6 +69,9 @@ def add_arguments(p) -> None:
                    help="torch.compile the model (default auto: on for runs of >= 500 steps of models it speeds up)")
     g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the passes (default auto = channels_last, measured faster on CPU and GPU)")
+    g.add_argument("--pass-chunk", metavar="N",
+                   help="rows per chunk of an input-gradient pass: auto (default; on a CPU chunks of 64 images at "
+                        "32×32, measured faster; on a GPU whole passes), off, or a number of rows")
     add_ray_arguments(g, train=True)
     add_ray_train_arguments(g)
     g.add_argument("--checkpoint-every", type=int, metavar="N",

@@ -94,7 +94,8 @@ def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
         xt = spec.transform.sample(x + delta_u, stream)
         if cfg.trainer.model_adv:
             xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
-                          stream=stream if cfg.attack.random_start else None, amp=spec.amp)
+                          stream=stream if cfg.attack.random_start else None, amp=spec.amp,
+                          chunk=spec.chunk_rows(xt))
     model.train()
     with autocast(x.device, spec.amp):
         logits = model(xt)

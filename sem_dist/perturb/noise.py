@@ -18,12 +18,12 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ProtectConfig
+from ..device import resolve_pass_chunk
 from ..rng import uniform_ball
 from .attacks import get_attack
-from .pgd import logits_of, project
+from .pgd import input_gradient, project
 from .transforms import Transform, get_transform
 
 
@@ -55,6 +55,11 @@ class NoiseSpec:
     attack: Callable  # inner maximiser for ``adversarial`` (Table 14)
     transform: Transform
     amp: bool = False
+    pass_chunk: str | int = "auto"  # trainer.pass_chunk, resolved per device and image size (chunk_rows)
+
+    def chunk_rows(self, x: torch.Tensor) -> int | None:
+        """Rows per chunk of an input-gradient pass over images like ``x`` (``None``: one pass)."""
+        return resolve_pass_chunk(self.pass_chunk, x.device, tuple(x.shape))
 
     @classmethod
     def from_config(cls, cfg: ProtectConfig, image_side: int) -> "NoiseSpec":
@@ -62,7 +67,7 @@ class NoiseSpec:
                    samples=cfg.solver.samples, inner=cfg.solver.inner, rho_r=cfg.budget.rho_random,
                    rho_a=cfg.budget.rho_a, alpha_a=cfg.alpha_a, attack_steps=cfg.attack.steps,
                    attack=get_attack(cfg.attack.algorithm), transform=get_transform(cfg.solver.transform,
-                   image_side), amp=cfg.trainer.amp)
+                   image_side), amp=cfg.trainer.amp, pass_chunk=cfg.trainer.pass_chunk)
 
 
 def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, spec: NoiseSpec,
@@ -80,15 +85,18 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
 
 def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, spec: NoiseSpec,
                    rows: RepeatStream) -> torch.Tensor:
-    """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (rows: J per sample)."""
+    """g = (1/J) Σ_j ∂ℓ(f(t_j(x+δ^u) + δ_j), y)/∂δ^u as one batched pass over J·B images (J rows per sample),
+    run as chunks of rows where that is faster (``spec.chunk_rows``); the model's input gradient is then
+    taken back through the clamp and t_j to δ^u in one more (cheap) backward."""
     j = spec.samples
+    y_rep = y.repeat_interleave(j)
     delta = delta.detach().requires_grad_(True)
     xt = spec.transform.sample(x + delta, rows)  # J rows per sample, without J copies of x + δ^u first
-    delta_j = inner_perturbation(model, xt.detach(), y.repeat_interleave(j), spec, rows)
+    delta_j = inner_perturbation(model, xt.detach(), y_rep, spec, rows)
     # δ_j is a constant; the gradient reaches δ^u through the clamp and t_j
     inputs = xt if delta_j is None else (xt + delta_j).clamp_(0.0, 1.0)
-    loss = F.cross_entropy(logits_of(model, inputs, spec.amp), y.repeat_interleave(j), reduction="sum") / j
-    (grad,) = torch.autograd.grad(loss, delta)
+    g_inputs = input_gradient(model, inputs, y_rep, spec.amp, spec.chunk_rows(inputs), scale=1.0 / j)
+    (grad,) = torch.autograd.grad(inputs, delta, grad_outputs=g_inputs)
     return grad
 
 
