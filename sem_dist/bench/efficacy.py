@@ -197,39 +197,53 @@ def victim(v: Victim, factor: float, train_size: int | None, made: dict | None) 
     return {"test_acc": r.test_acc, "train_acc": r.train_acc, "steps": r.steps, "wall_s": r.wall_s}
 
 
-def run_cells(cells: Sequence[Cell], factor: float, train_size: int | None, log=lambda msg: None) -> tuple[dict, dict]:
-    """Run every distinct generator, then every distinct victim, as Ray tasks; returns
-    ({Victim: result}, {Generator: generation record})."""
+def run_cells(cells: Sequence[Cell], factor: float, train_size: int | None, log=lambda msg: None,
+              on_result=lambda results, generation: None) -> tuple[dict, dict]:
+    """Run every distinct generator and victim as Ray tasks, table by table (a table's new generators, then
+    its victims, so early tables finish first); returns ({Victim: result}, {Generator: generation record}).
+    ``on_result`` sees the results so far after every finished cell."""
     from ..distributed.cells import as_completed, submit
     from ..progress import bar
 
-    gens = list(dict.fromkeys(c.victim.generator for c in cells if c.victim.generator is not None))
+    gen_refs: dict = {}
     victims = list(dict.fromkeys(c.victim for c in cells))
-    gen_refs = {g: submit(generate, g, factor, train_size) for g in gens}
-    refs = [submit(victim, v, factor, train_size, None if v.generator is None else gen_refs[v.generator])
-            for v in victims]
-    generation = {}
-    with bar(len(gens), "generators", unit="cell") as pb:
-        for i, made in as_completed(list(gen_refs.values())):
-            g = gens[i]
-            generation[g] = {k: made[k] for k in ("generation_s", "timing", "noise_stats", "M")}
-            log(f"generator {g.name}: {made['generation_s']:.0f}s, M = {made['M']}")
-            pb.update(1)
-    results = {}
-    with bar(len(victims), "victims", unit="cell") as pb:
+    refs: list = []  # generators and victims, in submission order
+    cell_of: list = []
+    for table in dict.fromkeys(c.table for c in cells):
+        mine = list(dict.fromkeys(c.victim for c in cells if c.table == table))
+        for g in dict.fromkeys(v.generator for v in mine if v.generator is not None):
+            if g not in gen_refs:
+                gen_refs[g] = submit(generate, g, factor, train_size)
+                refs.append(gen_refs[g])
+                cell_of.append(g)
+        for v in mine:
+            if v not in cell_of:
+                refs.append(submit(victim, v, factor, train_size, None if v.generator is None else gen_refs[v.generator]))
+                cell_of.append(v)
+    results, generation = {}, {}
+    with bar(len(refs), f"cells ({len(gen_refs)} generators, {len(victims)} victims)", unit="cell") as pb:
         for i, res in as_completed(refs):
-            results[victims[i]] = res
-            v = victims[i]
-            log(f"victim {v.generator.name if v.generator else 'clean'} AT {v.rho_a}/255 {v.filter} "
-                f"p={v.poison_ratio} {v.poison_mode} es={v.patience}/{v.val_clean_ratio}: {100 * res['test_acc']:.1f}%")
+            cell = cell_of[i]
+            if isinstance(cell, Generator):
+                generation[cell] = {k: res[k] for k in ("generation_s", "timing", "noise_stats", "M")}
+                log(f"generator {cell.name}: {res['generation_s']:.0f}s, M = {res['M']}")
+            else:
+                results[cell] = res
+                log(f"victim {cell.generator.name if cell.generator else 'clean'} AT {cell.rho_a}/255 {cell.filter} "
+                    f"p={cell.poison_ratio} {cell.poison_mode} es={cell.patience}/{cell.val_clean_ratio}: "
+                    f"{100 * res['test_acc']:.1f}%")
+            on_result(results, generation)
             pb.update(1)
     return results, generation
 
 
 def assemble(cells: Sequence[Cell], accuracy: dict) -> dict:
-    """{table: {row: {column: {mean, std, n, per_seed}}}} from per-victim test accuracies (std: ddof = 1)."""
+    """{table: {row: {column: {mean, std, n, per_seed}}}} from per-victim test accuracies (std: ddof = 1);
+    cells whose victim has no accuracy yet are left out."""
     grouped: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for c in cells:
+        if c.victim not in accuracy:  # not finished (a partial table while the run goes on)
+            continue
         grouped[c.table][c.row][c.column].append((c.victim.seed, accuracy[c.victim]))
     out: dict = {}
     for table, rows in grouped.items():
@@ -311,6 +325,8 @@ def add_arguments(g) -> None:
     g.add_argument("--factor", default=None, help="the one scale factor f on every training length, e.g. 1/50 "
                                                   "(default: 1/50; --quick: 1/200)")
     g.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    g.add_argument("--tables", default=",".join(TABLES), help="comma-separated subset of the tables; they run in the "
+                                                              "default's order (default: %(default)s)")
 
 
 def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-results", seeds: str | None = None,
@@ -325,6 +341,7 @@ def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-resul
     f = parse_fraction(factor) if factor is not None else (QUICK_FACTOR if quick else FULL_FACTOR)
     if not 0 < f <= 1:
         raise ValueError(f"--factor {factor}: the scale factor must be in (0, 1]")
+    tables = [t.strip() for t in tables.split(",") if t.strip()] if isinstance(tables, str) else list(tables)
     if train_size is None and quick:
         train_size = 720
     unknown = sorted(set(methods) - set(TABLE2_METHODS)) + sorted(set(tables) - set(TABLES))
@@ -337,27 +354,33 @@ def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-resul
             print(msg, file=sys.stderr, flush=True)
 
     connect(address, num_cpus=None if address else os.cpu_count())
-    results, generation = run_cells(cells, f, train_size, log)
-    assembled = assemble(cells, {v: r["test_acc"] for v, r in results.items()})
-    gen_s = generation_times(generation, methods)
     n_train = len(training_set(train_size))
     settings = {"data": f"digits {n_train} train / 360 test, 32x32x1", "factor": f, "seeds": seed_list,
                 "generator_M": scaled(5000, f), "victim_steps": scaled(PAPER_VICTIM_STEPS, f),
                 "cpu_reductions": SCALE, "victim": dataclasses.asdict(dataclasses.replace(
                     VICTIM, steps=scaled(PAPER_VICTIM_STEPS, f)))}
-    record = {"bench": "efficacy", "quick": quick, "settings": settings, "tables": assembled,
-              "generation_s": gen_s,
-              "generators": [dict(dataclasses.asdict(g), **rec) for g, rec in generation.items()],
-              "victims": [dict(dataclasses.asdict(v), **r) for v, r in results.items()],
-              "platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
-              "wall_s": round(time.perf_counter() - t0, 1)}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    plot_table2(assembled, folder / "table2.png")
-    write_atomic(folder / "efficacy.json", json.dumps(record, indent=1, default=str).encode())
-    write_atomic(folder / "efficacy.md", markdown(assembled, gen_s, settings).encode())
-    tables_mean = means(assembled)
-    return {"table": tables_mean.get("table2", {}), "tables": tables_mean, "generation_s": gen_s,
+
+    def write(results: dict, generation: dict, complete: bool = False) -> dict:
+        """efficacy.md / .json from the cells finished so far (a stopped run keeps its partial tables)."""
+        assembled = assemble(cells, {v: r["test_acc"] for v, r in results.items()})
+        gen_s = generation_times(generation, methods)
+        record = {"bench": "efficacy", "quick": quick, "complete": complete, "settings": settings,
+                  "tables": assembled, "generation_s": gen_s,
+                  "generators": [dict(dataclasses.asdict(g), **rec) for g, rec in generation.items()],
+                  "victims": [dict(dataclasses.asdict(v), **r) for v, r in results.items()],
+                  "platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+                  "wall_s": round(time.perf_counter() - t0, 1)}
+        write_atomic(folder / "efficacy.json", json.dumps(record, indent=1, default=str).encode())
+        heading = "" if complete else f"**Partial: {len(results)} of {len({c.victim for c in cells})} victims done.**\n\n"
+        write_atomic(folder / "efficacy.md", (heading + markdown(assembled, gen_s, settings)).encode())
+        return record
+
+    results, generation = run_cells(cells, f, train_size, log, on_result=write)
+    record = write(results, generation, complete=True)
+    plot_table2(record["tables"], folder / "table2.png")
+    tables_mean = means(record["tables"])
+    return {"table": tables_mean.get("table2", {}), "tables": tables_mean, "generation_s": record["generation_s"],
             "settings": {k: settings[k] for k in ("data", "factor", "seeds", "generator_M", "victim_steps")},
-            "out": str(folder), "quick": quick, "wall_s": record["wall_s"],
-            "load_avg_1m_at_end": record["load_avg_1m_at_end"]}
+            "out": str(folder), "quick": quick, "wall_s": record["wall_s"], "load_avg_1m_at_end": record["load_avg_1m"]}
