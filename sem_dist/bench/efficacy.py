@@ -352,8 +352,13 @@ def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-resul
     from ..distributed.cluster import connect
 
     t0 = time.perf_counter()
-    seed_list = [int(s) for s in seeds.split(",")] if isinstance(seeds, str) else list(seeds or
-                                                                                    ((0,) if quick else PAPER_SEEDS))
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if isinstance(seeds, str) else list(
+            seeds or ((0,) if quick else PAPER_SEEDS))
+    except ValueError:
+        raise ValueError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,6178,42") from None
+    if not seed_list:
+        raise ValueError("--seeds: give at least one seed")
     f = parse_fraction(factor) if factor is not None else (QUICK_FACTOR if quick else FULL_FACTOR)
     if not 0 < f <= 1:
         raise ValueError(f"--factor {factor}: the scale factor must be in (0, 1]")
