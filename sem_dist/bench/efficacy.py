@@ -205,30 +205,32 @@ def victim(v: Victim, factor: float, train_size: int | None, made: dict | None) 
 def run_cells(cells: Sequence[Cell], factor: float, train_size: int | None, log=lambda msg: None,
               on_result=lambda results, generation: None) -> tuple[dict, dict]:
     """Run every distinct generator and victim as Ray tasks, table by table (a table's new generators, then
-    its victims, so early tables finish first); returns ({Victim: result}, {Generator: generation record}).
+    its victims; a victim starts once its generator is done and reads the noise by reference), so early
+    tables finish first; returns ({Victim: result}, {Generator: generation record}).
     ``on_result`` sees the results so far after every finished cell."""
-    from ..distributed.cells import as_completed, submit
+    from ..distributed.cells import run_in_order, submit
     from ..progress import bar
 
-    gen_refs: dict = {}
-    victims = list(dict.fromkeys(c.victim for c in cells))
-    refs: list = []  # generators and victims, in submission order
-    cell_of: list = []
+    order: list = []
     for table in dict.fromkeys(c.table for c in cells):
         mine = list(dict.fromkeys(c.victim for c in cells if c.table == table))
-        for g in dict.fromkeys(v.generator for v in mine if v.generator is not None):
-            if g not in gen_refs:
-                gen_refs[g] = submit(generate, g, factor, train_size)
-                refs.append(gen_refs[g])
-                cell_of.append(g)
-        for v in mine:
-            if v not in cell_of:
-                refs.append(submit(victim, v, factor, train_size, None if v.generator is None else gen_refs[v.generator]))
-                cell_of.append(v)
+        order += [g for g in dict.fromkeys(v.generator for v in mine if v.generator is not None) if g not in order]
+        order += [v for v in mine if v not in order]
+    gen_refs: dict = {}
+
+    def start(cell):
+        if isinstance(cell, Generator):
+            gen_refs[cell] = submit(generate, cell, factor, train_size)
+            return gen_refs[cell]
+        return submit(victim, cell, factor, train_size, None if cell.generator is None else gen_refs[cell.generator])
+
+    def ready(cell, finished: set) -> bool:
+        return isinstance(cell, Generator) or cell.generator is None or cell.generator in finished
+
     results, generation = {}, {}
-    with bar(len(refs), f"cells ({len(gen_refs)} generators, {len(victims)} victims)", unit="cell") as pb:
-        for i, res in as_completed(refs):
-            cell = cell_of[i]
+    n_gen = sum(isinstance(c, Generator) for c in order)
+    with bar(len(order), f"cells ({n_gen} generators, {len(order) - n_gen} victims)", unit="cell") as pb:
+        for cell, res in run_in_order(order, start, ready):
             if isinstance(cell, Generator):
                 generation[cell] = {k: res[k] for k in ("generation_s", "timing", "noise_stats", "M")}
                 log(f"generator {cell.name}: {res['generation_s']:.0f}s, M = {res['M']}")

@@ -66,3 +66,30 @@ def train_victims(configs: Sequence, train, test, *, gpus: float = 0.0, address:
         if progress is not None:
             progress(i)
     return results
+
+
+def run_in_order(order: Sequence, start: Callable[[Any], Any], ready: Callable[[Any, set], bool],
+                 window: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """Tasks for the items of ``order``, at most ``window`` (default: the cluster's CPUs) running at once,
+    each free slot going to the first item of ``order`` that is ``ready(item, finished items)``. Ray runs
+    ready tasks in no guaranteed order; this makes ``order`` a priority, so the first table of a grid
+    completes first and a stopped run has whole early tables. ``start(item)`` submits a task and returns its
+    ObjectRef. Yields (item, value) as tasks finish; a failed task raises here."""
+    import ray
+
+    window = window or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    waiting, running, finished = list(order), {}, set()
+    while waiting or running:
+        while len(running) < window:
+            item = next((it for it in waiting if ready(it, finished)), None)
+            if item is None:
+                break
+            waiting.remove(item)
+            running[start(item)] = item
+        if not running:
+            raise RuntimeError(f"{len(waiting)} cells wait for inputs no cell produces (first: {waiting[0]!r})")
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        item = running.pop(ref)
+        value = ray.get(ref)
+        finished.add(item)
+        yield item, value
