@@ -59,6 +59,16 @@ PAPER_TABLE2 = {"clean": (94.66, 93.74, 92.37, 90.90, 89.51), "em": (13.20, 22.0
                 "tap": (22.51, 92.16, 90.53, 89.55, 88.02), "ntga": (16.27, 41.53, 85.13, 89.41, 88.96),
                 "sc": (11.63, 91.71, 90.42, 86.84, 87.26), "rem": (15.18, 14.28, 25.41, 30.85, 48.16),
                 "sem": (13.0, 12.16, 11.49, 20.91, 31.92)}
+CAPTIONS = {
+    "table2": "victims adversarially trained at ρ_a; ρ_u = 8/255; REM's and SEM's generator ρ_a = ρ_r = the column's",
+    "table1": "column: the victim's ρ_a (/255); generators ρ_u = 8/255, ρ_a = 4/255",
+    "table7": "column: the victim's ρ_a (/255); rows: which perturbation trains δu and θ",
+    "table4": "3×3 low-pass filter on the training images; ρ_u = 16/255; victim and generator ρ_a = 2/255",
+    "table5": "SEM data, victim ρ_a = 4/255; rows: clean share (%) of the 10 % validation split; columns: "
+              "patience S_es in the paper's steps (× f when run)",
+    "table11": "rows: noise and victim ρ_a (/255); columns: protected share, mixed with the clean rest or the clean "
+               "rest alone (clean-only)",
+}
 PATIENCE = (3000, 5000, 10000, 20000)  # S_es in the paper's steps (Table 5; its "25000" read as 5000)
 CLEAN_RATIOS = (0.0, 0.1, 0.3, 0.5, 0.7)
 PROTECTED = (0.2, 0.4, 0.6, 0.8)
@@ -287,7 +297,7 @@ def markdown(assembled: dict, gen_s: dict, settings: dict) -> str:
         columns = list(dict.fromkeys(c for cols in rows.values() for c in cols))
         extra = ["gen. time (s)"] if table == "table2" else []
         label = "ρ_a = " if table == "table2" else ""
-        lines += [f"## {table}", "", "| row | " + " | ".join(label + c + ("/255" if label else "") for c in columns)
+        lines += [f"## {table}", "", CAPTIONS[table] + ".", "", "| row | " + " | ".join(label + c + ("/255" if label else "") for c in columns)
                   + "".join(f" | {e}" for e in extra) + " |", "|---" * (len(columns) + 1 + len(extra)) + "|"]
         for row, cols in rows.items():
             cells = [f"{100 * cols[c]['mean']:.1f} ± {100 * cols[c]['std']:.1f}" if c in cols else "–" for c in columns]
