@@ -24,7 +24,7 @@ def test_evaluate_json_record_and_curve(stored, tmp_path, capsys):
     record = tmp_path / "runs" / "eval.json"
     code = main(["evaluate", "--train", str(stored / "train"), "--test", str(stored / "test"), "--arch", "small_cnn",
                  "--steps", "3", "--batch-size", "16", "--poison-ratio", "1/4", "--seeds", "0,1",
-                 "--record", str(record), "--device", "cpu", "--json"])
+                 "--sequential", "--record", str(record), "--device", "cpu", "--json"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -35,6 +35,33 @@ def test_evaluate_json_record_and_curve(stored, tmp_path, capsys):
     assert rec["victim"]["poison_ratio"] == 0.25 and rec["protection"] is None  # no manifest protection entry
     assert len(rec["runs"][1]["poisoning"]["poisoned_indices"]) == 16
     assert record.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_seeds_as_ray_tasks_equal_sequential(stored, tmp_path, capsys, ray_cluster):
+    """--seeds runs one Ray task per seed; every seed's numbers equal the in-process sequential run's at the
+    tasks' one torch thread (CPU float sums depend on the thread count, not on where a victim runs)."""
+    import torch
+
+    common = ["evaluate", "--train", str(stored / "train"), "--test", str(stored / "test"), "--arch", "small_cnn",
+              "--steps", "4", "--batch-size", "16", "--adv-rho", "4/255", "--adv-steps", "2", "--seeds", "0,6178,42",
+              "--device", "cpu", "--json"]
+    records = {}
+    threads = torch.get_num_threads()
+    try:
+        for mode, extra in (("ray", []), ("sequential", ["--sequential"])):
+            torch.set_num_threads(1)
+            record = tmp_path / f"{mode}.json"
+            assert main(common + extra + ["--record", str(record)]) == 0
+            records[mode] = json.loads(record.read_text())
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    for key in ("test_acc", "test_acc_std", "train_acc", "seeds"):
+        assert records["ray"][key] == records["sequential"][key]
+    for a, b in zip(records["ray"]["runs"], records["sequential"]["runs"]):
+        assert (a["seed"], a["test_acc"], a["mean_loss"], a["curve"]) == (b["seed"], b["test_acc"], b["mean_loss"],
+                                                                           b["curve"])
+    assert len({r["mean_loss"] for r in records["ray"]["runs"]}) == 3  # the seeds really differ
 
 
 def test_evaluate_errors_are_one_line(stored, tmp_path, capsys):

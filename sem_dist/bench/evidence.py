@@ -50,11 +50,17 @@ def levels(rho: float) -> int:
 
 def generator_config(method: str, steps: int, rho_u: float, rho_a: float = 4 / 255, rho_r: float | None = None,
                      seed: int = 0, extra: dict | None = None) -> ProtectConfig:
-    """The CPU-scale configuration of ``method``; ``extra`` holds further dotted overrides."""
-    overrides = dict(SCALE, **{"trainer.steps": steps, "budget.rho_u": rho_u, "seed": seed}, **(extra or {}))
-    if method != "em":  # EM's YAML has ρ_a = 0 and no inner perturbation: it has no ρ_a to set
+    """The CPU-scale configuration of ``method``; ``extra`` holds further dotted overrides. SCALE's solver
+    and attack loop counts apply to the min-min-max family only: the baselines keep their own (TAP's 250
+    PGD steps of ρ_u/125 could not reach ρ_u in 5) and have no adversary whose ρ_a could be set."""
+    from ..perturb.methods import MinMinMax
+
+    scale = SCALE if method in MinMinMax.names else {k: v for k, v in SCALE.items()
+                                                     if not k.startswith(("solver.", "attack."))}
+    overrides = dict(scale, **{"trainer.steps": steps, "budget.rho_u": rho_u}, **(extra or {}))
+    if method in MinMinMax.names and method != "em":  # EM's YAML has ρ_a = 0 and no inner perturbation
         overrides.update({"budget.rho_a": rho_a, "budget.rho_r": rho_r})
-    cfg = resolve_config(method, 32, overrides={k: v for k, v in overrides.items() if k != "seed"})
+    cfg = resolve_config(method, 32, overrides=overrides)
     return dataclasses.replace(cfg, seed=seed)
 
 

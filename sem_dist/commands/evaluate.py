@@ -92,7 +92,15 @@ def add_arguments(p) -> None:
                    help="the clean originals of --train (same ids), for --poison-ratio and --val-clean-ratio when "
                         "--train was protected without --keep-noise")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
-                   help="one victim per seed, reported as mean ± std (the paper: 0,6178,42; default: 0)")
+                   help="one victim per seed, reported as mean ± std (the paper: 0,6178,42; default: 0). Two or "
+                        "more seeds train at the same time, one Ray task (one CPU) each, on --address or an "
+                        "embedded local Ray; the numbers equal a --sequential run's")
+    p.add_argument("--sequential", action="store_true",
+                   help="train the seeds one after another in this process (no Ray)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster for the per-seed tasks (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--gpus-per-victim", type=float, default=0.0, metavar="G",
+                   help="GPUs per per-seed Ray task (0 = CPU; default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
                    help="steps between learning-curve points (default: about 10 points per run)")
     p.add_argument("--record", default="evaluation.json", metavar="PATH",
@@ -127,13 +135,23 @@ def run(args) -> int:
     if train.classes != test.classes:
         raise ValueError(f"--train and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
     planned = cfg.total_steps(len(train))  # an upper bound: poisoning and hold-out shrink the set
-    with bar(planned * len(args.seeds), f"victims ({cfg.arch})", unit="step") as pb:
-        def progress(i: int, stats: dict) -> None:
-            pb.n = i * planned + stats["step"]
-            pb.set_postfix(seed=args.seeds[i], loss=f"{stats['loss']:.3f}", refresh=False)
-            pb.refresh()
-        record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train, test_uri=args.test,
-                                  progress=progress)
+    if len(args.seeds) > 1 and not args.sequential:
+        from ..distributed.cells import train_victims
+
+        with bar(len(args.seeds), f"victims ({cfg.arch}, one Ray task per seed)", unit="victim") as pb:
+            def runner(configs):
+                return train_victims(configs, train, test, gpus=args.gpus_per_victim, address=args.address,
+                                     progress=lambda i: pb.update(1))
+            record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train,
+                                      test_uri=args.test, runner=runner)
+    else:
+        with bar(planned * len(args.seeds), f"victims ({cfg.arch})", unit="step") as pb:
+            def progress(i: int, stats: dict) -> None:
+                pb.n = i * planned + stats["step"]
+                pb.set_postfix(seed=args.seeds[i], loss=f"{stats['loss']:.3f}", refresh=False)
+                pb.refresh()
+            record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train,
+                                      test_uri=args.test, progress=progress)
     path = Path(args.record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))

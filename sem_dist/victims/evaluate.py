@@ -45,20 +45,25 @@ def protection_of(data: ArrayDataset) -> dict | None:
 
 def evaluate_victims(cfg: VictimConfig, train: ArrayDataset, test: ArrayDataset, device: torch.device,
                      seeds: Sequence[int] = (0,), *, train_uri: str | None = None, test_uri: str | None = None,
-                     progress: Callable[[int, dict], None] | None = None) -> dict:
+                     progress: Callable[[int, dict], None] | None = None,
+                     runner: Callable[[list[VictimConfig]], list[VictimResult]] | None = None) -> dict:
     """Train one victim per seed (``cfg.seed`` is replaced by each) and return the JSON-ready record.
 
     ``progress(seed_index, stats)`` receives each run's per-step stats (see :func:`train_victim`).
+    ``runner`` trains the per-seed configs elsewhere (e.g. one Ray task each,
+    ``distributed.cells.train_victims``) and returns their results in the same order; by default they
+    train one after another in this process. Each run depends on its seed alone, so both give the same numbers.
     """
     if not seeds:
         raise ValueError("give at least one seed")
     cfg.validate()
     t0 = time.perf_counter()
-    runs: list[VictimResult] = []
-    for i, seed in enumerate(seeds):
-        run_cfg = dataclasses.replace(cfg, seed=int(seed))
-        runs.append(train_victim(run_cfg, train, test, device,
-                                 None if progress is None else (lambda stats, i=i: progress(i, stats))))
+    configs = [dataclasses.replace(cfg, seed=int(seed)) for seed in seeds]
+    if runner is not None:
+        runs = runner(configs)
+    else:
+        runs = [train_victim(c, train, test, device, None if progress is None else (lambda s, i=i: progress(i, s)))
+                for i, c in enumerate(configs)]
     acc_mean, acc_std = mean_std([r.test_acc for r in runs])
     victim = dataclasses.asdict(cfg)
     victim.pop("seed")

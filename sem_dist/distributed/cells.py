@@ -1,0 +1,95 @@
+"""Independent cells of an experiment grid (a generator, a victim, one seed of ``sem-dist evaluate``) as
+Ray tasks of one CPU each, so a cluster finishes a grid in about the time of its slowest cell and a
+2-core machine runs two at a time.
+
+A cell is any module-level function; it runs with torch limited to one thread (the task's one CPU:
+more threads would only fight the neighbouring cells for the cores). Arguments that are
+``ObjectRef``s (a generator's noise, a dataset put once) are resolved by Ray before the cell starts, so a
+victim cell submitted together with its generator simply waits for it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+
+def _one_thread(fn: Callable, *args, **kwargs) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(*args, **kwargs)
+
+
+def submit(fn: Callable, *args, num_gpus: float = 0.0, **kwargs):
+    """``fn(*args, **kwargs)`` as a Ray task with one CPU (and ``num_gpus``); returns its ObjectRef."""
+    import ray
+
+    task = ray.remote(_one_thread).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
+    return task.remote(fn, *args, **kwargs)
+
+
+def as_completed(refs: Sequence) -> Iterator[tuple[int, Any]]:
+    """(position in ``refs``, value) of every task in the order they finish; a failed task raises here."""
+    import ray
+
+    where = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield where[done[0]], ray.get(done[0])
+
+
+def _victim(cfg, train, test, device_name: str):
+    from ..device import resolve_device
+    from ..victims.train import train_victim
+
+    result = train_victim(cfg, train, test, resolve_device(device_name))
+    result.model = None  # the trained network stays in the task; the record needs only the numbers
+    return result
+
+
+def train_victims(configs: Sequence, train, test, *, gpus: float = 0.0, address: str | None = None,
+                  progress: Callable[[int], None] | None = None) -> list:
+    """One Ray task per victim config (``sem-dist evaluate --seeds``), results in the order given.
+    The datasets go into Ray's object store once and every task reads that copy; ``progress(i)`` is called
+    as config ``i`` finishes."""
+    import ray
+
+    from .cluster import connect
+
+    connect(address)
+    train_ref, test_ref = ray.put(train), ray.put(test)
+    device = "cuda" if gpus > 0 else "cpu"
+    refs = [submit(_victim, cfg, train_ref, test_ref, device, num_gpus=gpus) for cfg in configs]
+    results: list = [None] * len(refs)
+    for i, result in as_completed(refs):
+        results[i] = result
+        if progress is not None:
+            progress(i)
+    return results
+
+
+def run_in_order(order: Sequence, start: Callable[[Any], Any], ready: Callable[[Any, set], bool],
+                 window: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """Tasks for the items of ``order``, at most ``window`` (default: the cluster's CPUs) running at once,
+    each free slot going to the first item of ``order`` that is ``ready(item, finished items)``. Ray runs
+    ready tasks in no guaranteed order; this makes ``order`` a priority, so the first table of a grid
+    completes first and a stopped run has whole early tables. ``start(item)`` submits a task and returns its
+    ObjectRef. Yields (item, value) as tasks finish; a failed task raises here."""
+    import ray
+
+    window = window or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    waiting, running, finished = list(order), {}, set()
+    while waiting or running:
+        while len(running) < window:
+            item = next((it for it in waiting if ready(it, finished)), None)
+            if item is None:
+                break
+            waiting.remove(item)
+            running[start(item)] = item
+        if not running:
+            raise RuntimeError(f"{len(waiting)} cells wait for inputs no cell produces (first: {waiting[0]!r})")
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        item = running.pop(ref)
+        value = ray.get(ref)
+        finished.add(item)
+        yield item, value
