@@ -88,7 +88,7 @@ def test_s3_endpoint_flag(tmp_path, cli, s3_env, tiny_digits, monkeypatch):
 
 def test_s3_missing_bucket_prefix_and_nesting(tmp_path, cli, s3_env, tiny_digits):
     _, bucket = s3_env
-    code, _, err = cli("convert", f"s3://no-such-bucket-x/data", tmp_path / "out")
+    code, _, err = cli("convert", "s3://no-such-bucket-x/data", tmp_path / "out")
     assert code == 1 and "s3://no-such-bucket-x/data" in error_line(err) and "bucket does not exist" in err
     code, _, err = cli("protect", "--data", f"s3://{bucket}/missing", "--out", tmp_path / "out", *TINY)
     assert code == 1 and f"s3://{bucket}/missing" in error_line(err) and "no such dataset" in err
