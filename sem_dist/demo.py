@@ -47,7 +47,7 @@ class DemoSettings:
     regen_actors: int = 2  # Ray Data actors for Algorithm 4
     shard_rows: int = 720  # digits' 1,437 training images → 2 shards: one unit of work per actor
     # victims
-    victim_epochs: float = 8
+    victim_epochs: float = 10
     victim_batch_size: int = 64
     victim_adv_steps: int = 3  # PGD steps of adversarial training, step ρ_a/2 from a random start
     seed: int = 0
