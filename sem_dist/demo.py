@@ -124,16 +124,80 @@ def _noise(clean, protected) -> np.ndarray:
     return (protected.images[order].astype(np.int16) - clean.images.astype(np.int16)).astype(np.int8)
 
 
+def _on_ray(s: DemoSettings, out: Path, say: Callable[[str], None], n_stages: int, timings: dict):
+    """Stages 1 to 2 + len(methods), the ones that use Ray: (Ray summary, manifests of the clean data,
+    generation record per method). Ray is shut down afterwards if this call started it."""
+    from .analysis.demo_report import NAMES
+    from .data.convert import convert
+
+    t0 = time.perf_counter()
+    _stage(say, 1, n_stages, "Ray: an embedded local Ray unless this process is connected to one already")
+    started = _start_ray()
+    try:
+        ray_info = _ray_summary()
+        which = ("started an embedded Ray on 127.0.0.1 (token auth, dashboard on loopback)" if started
+                 else "joined the running Ray")
+        say(f"  {which}: {ray_info['cpus']:g} CPUs, {ray_info['gpus']:g} GPUs")
+        timings["ray_start_s"] = time.perf_counter() - t0
+        data = out / "data"
+        _stage(say, 2, n_stages, f"digits → canonical Parquet shards in {data} ({s.shard_rows} rows per shard)")
+        t = time.perf_counter()
+        manifests = convert("digits", str(data), shard_rows=s.shard_rows, overwrite=True)
+        timings["convert_s"] = time.perf_counter() - t
+        generation = {}
+        for k, method in enumerate(s.methods):
+            _stage(say, 3 + k, n_stages,
+                   f"{NAMES.get(method, method)}: Algorithm 1 on Ray Train ({s.workers} workers, M = {s.steps}), "
+                   f"then Algorithm 4 on Ray Data ({s.regen_actors} actors), ρ_u = {s.rho_u}")
+            g = generation[method] = _protect(s, method, str(data / "train"), out)
+            say(f"  {method}: Algorithm 1 {g['timings']['fit_s']:.0f} s, Algorithm 4 "
+                f"{g['timings']['regenerate_s']:.0f} s, noise ℓ∞ = {g['noise']['linf_levels']}/255")
+    finally:
+        if started:  # the victims need no Ray: its processes stop taking memory and CPU now
+            import ray
+
+            ray.shutdown()
+    return ray_info, manifests, generation
+
+
+def _victims(s: DemoSettings, train_sets: dict, test, test_uri: str) -> tuple[dict, dict, dict]:
+    """Every (training data, training kind) victim: (records, accuracy, per-epoch curves), keyed by data."""
+    from .analysis.demo_report import NAMES
+    from .device import resolve_device
+    from .progress import bar
+    from .victims.evaluate import evaluate_victims
+
+    device = resolve_device(s.device)
+    jobs = [(name, kind) for name in train_sets for kind in TRAININGS]
+    n = len(train_sets["clean"][0])
+    planned = {kind: s.victim(kind == "adversarial", n).total_steps(n) for kind in TRAININGS}
+    records, accuracy, curves = {}, {}, {}
+    with bar(sum(planned[kind] for _, kind in jobs), "victims", unit="step") as pb:
+        done = 0
+        for name, kind in jobs:
+            train, uri = train_sets[name]
+            pb.set_description(f"victim: {NAMES.get(name, name)}, {kind}")
+
+            def progress(_, stats, base=done):
+                pb.n = base + stats["step"]
+                pb.refresh()
+            rec = evaluate_victims(s.victim(kind == "adversarial", len(train)), train, test, device, [s.seed],
+                                   train_uri=uri, test_uri=test_uri, progress=progress)
+            done += planned[kind]
+            per_epoch = rec["victim"]["eval_every"]
+            records[f"{name}/{kind}"] = rec
+            accuracy.setdefault(name, {})[kind] = rec["test_acc"]
+            curves.setdefault(name, {})[kind] = [[round(p["step"] / per_epoch, 3), p["test_acc"]]
+                                                 for p in rec["runs"][0]["curve"]]
+    return records, accuracy, curves
+
+
 def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     """Run every stage; returns the record written to ``report.json``."""
     from .analysis.demo_report import NAMES, write_report
     from .analysis.figures import plot_victim_curves
     from .data import load_dataset
-    from .data.convert import convert
-    from .device import resolve_device
-    from .progress import bar
     from .report import per_class_indices, save_protection_grid
-    from .victims.evaluate import evaluate_victims
 
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,64 +205,18 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     timings: dict = {}
+    ray_info, manifests, generation = _on_ray(s, out, say, n_stages, timings)
 
-    _stage(say, 1, n_stages, "starting an embedded Ray on 127.0.0.1 (token auth, dashboard on loopback)")
-    started = _start_ray()
-    try:
-        ray_info = _ray_summary()
-        timings["ray_start_s"] = time.perf_counter() - t_start
-
-        data = out / "data"
-        _stage(say, 2, n_stages, f"digits → canonical Parquet shards in {data} ({s.shard_rows} rows per shard)")
-        t = time.perf_counter()
-        manifests = convert("digits", str(data), shard_rows=s.shard_rows, overwrite=True)
-        timings["convert_s"] = time.perf_counter() - t
-
-        generation = {}
-        for k, method in enumerate(s.methods):
-            _stage(say, 3 + k, n_stages,
-                   f"{NAMES.get(method, method)}: Algorithm 1 on Ray Train ({s.workers} workers, M = {s.steps}), "
-                   f"then Algorithm 4 on Ray Data ({s.regen_actors} actors), ρ_u = {s.rho_u}")
-            generation[method] = _protect(s, method, str(data / "train"), out)
-            g = generation[method]
-            say(f"  {method}: Algorithm 1 {g['timings']['fit_s']:.0f} s, Algorithm 4 "
-                f"{g['timings']['regenerate_s']:.0f} s, noise ℓ∞ = {g['noise']['linf_levels']}/255")
-
-        clean, test = load_dataset(str(data / "train")), load_dataset(str(data / "test"))
-        train_sets = {"clean": (clean, str(data / "train"))}
-        train_sets.update({m: (load_dataset(generation[m]["uri"]), generation[m]["uri"]) for m in s.methods})
-        _stage(say, 3 + len(s.methods), n_stages,
-               f"victims ({s.arch}, {s.victim_epochs:g} epochs) on {', '.join(NAMES.get(n, n) for n in train_sets)} "
-               f"data, standard and adversarial training (ρ_a = {s.rho_a}); clean test set of {len(test)}")
-        t = time.perf_counter()
-        device = resolve_device(s.device)
-        jobs = [(name, kind) for name in train_sets for kind in TRAININGS]
-        planned = {kind: s.victim(kind == "adversarial", len(clean)).total_steps(len(clean)) for kind in TRAININGS}
-        records, accuracy, curves = {}, {}, {}
-        with bar(sum(planned[kind] for _, kind in jobs), "victims", unit="step") as pb:
-            done = 0
-            for name, kind in jobs:
-                train, uri = train_sets[name]
-                pb.set_description(f"victim: {NAMES.get(name, name)}, {kind}")
-
-                def progress(_, stats, base=done):
-                    pb.n = base + stats["step"]
-                    pb.refresh()
-                rec = evaluate_victims(s.victim(kind == "adversarial", len(train)), train, test, device,
-                                       [s.seed], train_uri=uri, test_uri=str(data / "test"), progress=progress)
-                done += planned[kind]
-                run = rec["runs"][0]
-                per_epoch = rec["victim"]["eval_every"]
-                records[f"{name}/{kind}"] = rec
-                accuracy.setdefault(name, {})[kind] = rec["test_acc"]
-                curves.setdefault(name, {})[kind] = [[round(p["step"] / per_epoch, 3), p["test_acc"]]
-                                                     for p in run["curve"]]
-        timings["victims_s"] = time.perf_counter() - t
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    data = out / "data"
+    clean, test = load_dataset(str(data / "train")), load_dataset(str(data / "test"))
+    train_sets = {"clean": (clean, str(data / "train"))}
+    train_sets.update({m: (load_dataset(generation[m]["uri"]), generation[m]["uri"]) for m in s.methods})
+    _stage(say, 3 + len(s.methods), n_stages,
+           f"victims ({s.arch}, {s.victim_epochs:g} epochs) on {', '.join(NAMES.get(n, n) for n in train_sets)} "
+           f"data, standard and adversarial training (ρ_a = {s.rho_a}); clean test set of {len(test)}")
+    t = time.perf_counter()
+    records, accuracy, curves = _victims(s, train_sets, test, str(data / "test"))
+    timings["victims_s"] = time.perf_counter() - t
 
     _stage(say, n_stages, n_stages, f"figures and report in {out}")
     idx = per_class_indices(clean.labels, s.per_class)

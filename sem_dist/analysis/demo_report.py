@@ -55,7 +55,8 @@ def generation_table(record: dict) -> Table:
 
 def stage_table(record: dict) -> Table:
     t = record["timings"]
-    rows = [["start the embedded Ray", seconds(t["ray_start_s"])], ["digits → canonical shards", seconds(t["convert_s"])]]
+    rows = [["start (or join) Ray", seconds(t["ray_start_s"])],
+            ["digits → canonical shards", seconds(t["convert_s"])]]
     rows += [[f"protect {NAMES.get(m, m)}", seconds(g["wall_s"])] for m, g in record["generation"].items()]
     rows += [["victims (all rows and columns)", seconds(t["victims_s"])], ["whole demo", seconds(t["total_s"])]]
     return Table(["stage", "wall time"], rows)
