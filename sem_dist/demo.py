@@ -184,10 +184,9 @@ def _victims(s: DemoSettings, train_sets: dict, test, test_uri: str) -> tuple[di
             rec = evaluate_victims(s.victim(kind == "adversarial", len(train)), train, test, device, [s.seed],
                                    train_uri=uri, test_uri=test_uri, progress=progress)
             done += planned[kind]
-            per_epoch = rec["victim"]["eval_every"]
             records[f"{name}/{kind}"] = rec
             accuracy.setdefault(name, {})[kind] = rec["test_acc"]
-            curves.setdefault(name, {})[kind] = [[round(p["step"] / per_epoch, 3), p["test_acc"]]
+            curves.setdefault(name, {})[kind] = [[round(p["step"] * s.victim_batch_size / len(train), 3), p["test_acc"]]
                                                  for p in rec["runs"][0]["curve"]]
     return records, accuracy, curves
 
