@@ -54,12 +54,14 @@ class DemoSettings:
     per_class: int = 2  # samples per class in the Figure-4 grid
     device: str = "auto"  # victims (this process)
 
-    def generator_overrides(self) -> dict:
-        return {"trainer.arch": self.arch, "trainer.steps": self.steps, "trainer.batch_size": self.batch_size,
-                # M is far below the paper's first decay at step 2000: constant lr 0.1 (as docs/evidence.md)
-                "trainer.lr_step": 10 ** 9, "solver.steps": self.solver_steps, "solver.samples": self.samples,
-                "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "budget.rho_a": self.rho_a,
-                "seed": self.seed}
+    def generator_overrides(self, method: str) -> dict:
+        o = {"trainer.arch": self.arch, "trainer.steps": self.steps, "trainer.batch_size": self.batch_size,
+             # M is far below the paper's first decay at step 2000: constant lr 0.1 (as docs/evidence.md)
+             "trainer.lr_step": 10 ** 9, "solver.steps": self.solver_steps, "solver.samples": self.samples,
+             "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "seed": self.seed}
+        if method != "em":  # EM (min-min) has no adversary, so no ρ_a to set
+            o["budget.rho_a"] = self.rho_a
+        return o
 
     def victim(self, adversarial: bool, n_train: int):
         from .config import parse_fraction
@@ -107,7 +109,7 @@ def _protect(s: DemoSettings, method: str, train_uri: str, out: Path) -> dict:
 
     t0 = time.perf_counter()
     m = protect(ProtectRequest(data=train_uri, out=str(out / method), method=method,
-                               overrides=s.generator_overrides(), workers=s.workers, regen_actors=s.regen_actors,
+                               overrides=s.generator_overrides(method), workers=s.workers, regen_actors=s.regen_actors,
                                overwrite=True))
     p = m.protection
     return {"uri": str(out / method), "wall_s": time.perf_counter() - t0, "timings": p["timings"],

@@ -2,7 +2,7 @@
 shards, protect them with SEM and REM exactly as on a cluster (Algorithm 1 on Ray Train with 2 workers,
 Algorithm 4 on Ray Data with 2 actors), train victims on the clean, SEM and REM data with standard and with
 adversarial training, and write a report (report.md, a self-contained report.html, report.json, samples.png,
-learning_curves.png) to --out. About 10 minutes on an idle 2-core CPU; see docs/demo.md.
+learning_curves.png) to --out. Under 10 minutes on an idle 2-core CPU (about 7 estimated); see docs/demo.md.
 
 Units: radii are ℓ∞ bounds in [0,1] pixel units; fractions are accepted (16/255 = sixteen grey levels).
 """
