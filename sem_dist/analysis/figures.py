@@ -40,6 +40,28 @@ def plot_learning_curves(record: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_victim_curves(curves: dict[tuple[str, str], list[tuple[float, float]]], path: str | Path,
+                       title: str) -> None:
+    """Clean test accuracy against the training epoch, one line per (training data, training kind):
+    a colour per training data, solid for standard and dashed for adversarial training."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    colours = {}
+    for (data, kind), points in curves.items():
+        colour = colours.setdefault(data, f"C{len(colours)}")
+        ax.plot([e for e, _ in points], [a for _, a in points], color=colour, marker=".",
+                linestyle="-" if kind == "standard" else "--", label=f"{data}, {kind}")
+    ax.set_xlabel("victim training epoch")
+    ax.set_ylabel("clean test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_robustness(analysis: dict, path: str | Path) -> None:
     """Figure 3: protection performance F against R_θ and against R_δu, one point per snapshot."""
     plt = _pyplot()
