@@ -40,6 +40,7 @@ import torch
 
 from ..config import method_defaults, parse_fraction
 from ..data.digits import load_digits
+from ..data.storage import open_location
 from ..perturb.methods import MinMinMax
 from ..perturb.regenerate import apply_noise
 from ..victims.evaluate import PAPER_SEEDS, mean_std
@@ -339,12 +340,6 @@ def plot_table2(assembled: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def add_arguments(g) -> None:
     g.add_argument("--out", default="efficacy-results", help="output folder for efficacy.md/.json/table2.png "
                                                              "(default: %(default)s)")
@@ -394,6 +389,7 @@ def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-resul
                     VICTIM, steps=scaled(PAPER_VICTIM_STEPS, f)))}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    location = open_location(str(folder))
 
     def write(results: dict, generation: dict, complete: bool = False) -> dict:
         """efficacy.md / .json from the cells finished so far (a stopped run keeps its partial tables)."""
@@ -405,9 +401,9 @@ def run(quick: bool = False, verbose: bool = True, *, out: str = "efficacy-resul
                   "victims": [dict(dataclasses.asdict(v), **r) for v, r in results.items()],
                   "platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
                   "wall_s": round(time.perf_counter() - t0, 1)}
-        write_atomic(folder / "efficacy.json", json.dumps(record, indent=1, default=str).encode())
+        location.write_bytes("efficacy.json", json.dumps(record, indent=1, default=str).encode())
         heading = "" if complete else f"**Partial: {len(results)} of {len({c.victim for c in cells})} victims done.**\n\n"
-        write_atomic(folder / "efficacy.md", (heading + markdown(assembled, gen_s, settings)).encode())
+        location.write_bytes("efficacy.md", (heading + markdown(assembled, gen_s, settings)).encode())
         return record
 
     results, generation = run_cells(cells, f, train_size, log, on_result=write)
