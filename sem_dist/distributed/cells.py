@@ -27,17 +27,6 @@ def submit(fn: Callable, *args, num_gpus: float = 0.0, **kwargs):
     return task.remote(fn, *args, **kwargs)
 
 
-def as_completed(refs: Sequence) -> Iterator[tuple[int, Any]]:
-    """(position in ``refs``, value) of every task in the order they finish; a failed task raises here."""
-    import ray
-
-    where = {ref: i for i, ref in enumerate(refs)}
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield where[done[0]], ray.get(done[0])
-
-
 def _victim(cfg, train, test, device_name: str):
     from ..device import resolve_device
     from ..victims.train import train_victim
@@ -59,9 +48,9 @@ def train_victims(configs: Sequence, train, test, *, gpus: float = 0.0, address:
     connect(address)
     train_ref, test_ref = ray.put(train), ray.put(test)
     device = "cuda" if gpus > 0 else "cpu"
-    refs = [submit(_victim, cfg, train_ref, test_ref, device, num_gpus=gpus) for cfg in configs]
-    results: list = [None] * len(refs)
-    for i, result in as_completed(refs):
+    results: list = [None] * len(configs)
+    start = lambda i: submit(_victim, configs[i], train_ref, test_ref, device, num_gpus=gpus)  # noqa: E731
+    for i, result in run_in_order(range(len(configs)), start, lambda i, finished: True):
         results[i] = result
         if progress is not None:
             progress(i)
