@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
+from .allocator import tune_this_process
 
 
 def _load_commands():
@@ -62,6 +63,7 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_this_process()
     return run_command(f"sem-dist {args.command}", args._run, args)
 
 

@@ -21,7 +21,7 @@ COMPILE_SLOWER = frozenset({"small_cnn"})  # measured slower compiled: auto neve
 # over 64–128 (small_cnn and the CIFAR ResNet-18, quiet 2-core EPYC: the activations of a big pass spill out
 # of the caches). ``pass_chunk: auto`` therefore runs a CPU pass as chunks of about this many pixels
 # (64 images at 32×32); a GPU, which wants big batches, runs the pass whole. Numbers: docs/performance.md.
-CPU_CHUNK_PIXELS = 64 * 32 * 32
+CPU_CHUNK_PIXELS = 128 * 32 * 32
 MIN_CHUNK_ROWS = 8  # large images: fewer rows would leave the per-pass overhead unpaid
 
 

@@ -9,11 +9,16 @@ t_input_grad_whole_pass_s is the same pass unchunked.
 t_passes_s, t_transform_s, t_random_s, t_project_s, t_other_s: a SEM step's time in forward/backward
 passes, EOT transforms, random draws, projections, and the optimizer (see ``bench.profile``);
 profile_coverage is their sum over the step time.
-speedup_vs_contiguous (with --baseline-layout): the same SEM step with a contiguous, uncompiled model whose
-passes run whole (the code before issue #13) over this run's step.
+speedup_vs_contiguous (with --baseline-layout): the same SEM step as the code before issue #13 ran it
+(contiguous, uncompiled model, passes run whole, glibc's default malloc) over this run's step. The baseline
+runs in a child process started without this package's malloc settings (:mod:`sem_dist.allocator`, which
+this process has from the benchmark's main, as ``sem-dist`` has), one step at a time when this process
+asks, so its steps stay interleaved with the others. speedup_layout_only: the same baseline layout timed
+in this process, i.e. with the malloc settings: what layout, compilation and chunking alone bring.
 """
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -80,6 +85,51 @@ def _train_pass(model, opt, x, y) -> None:
     opt.step()
 
 
+def _baseline_steps(conn, cfg_args: tuple, x: torch.Tensor, y: torch.Tensor, threads: int, cpu_clock: bool) -> None:
+    """Child process: the baseline step, timed each time the parent sends True (False ends it)."""
+    torch.set_num_threads(threads)
+    tick = time.process_time if cpu_clock else time.perf_counter
+    method, overrides, image_side, device = cfg_args
+    run = GeneratorTraining.create(resolve_config(method, image_side, overrides=overrides), 10, 3, image_side,
+                                   torch.device(device))
+    run.run_step(x, y)  # warm-up, as for the others
+    conn.send("ready")
+    while conn.recv():
+        conn.send(_timed(x.device, lambda: run.run_step(x, y), tick))
+
+
+class BaselineProcess:
+    """The baseline variant in a spawned interpreter with glibc's default malloc (see module docstring)."""
+
+    def __init__(self, cfg_args: tuple, x: torch.Tensor, y: torch.Tensor, cpu_clock: bool):
+        import multiprocessing as mp
+
+        from ..allocator import OPT_OUT
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        saved = os.environ.get(OPT_OUT)
+        os.environ[OPT_OUT] = "default"  # read by the child when it starts
+        try:
+            args = (child, cfg_args, x, y, torch.get_num_threads(), cpu_clock)
+            self.proc = ctx.Process(target=_baseline_steps, args=args, daemon=True)
+            self.proc.start()
+        finally:
+            if saved is None:
+                del os.environ[OPT_OUT]
+            else:
+                os.environ[OPT_OUT] = saved
+        self.conn.recv()  # its warm-up is over: nothing it does overlaps a timed step
+
+    def step(self) -> float:
+        self.conn.send(True)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(False)
+        self.proc.join()
+
+
 def profiled_steps(training: GeneratorTraining, x, y, steps: int,
                    clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], StepProfile]:
     """Run ``steps`` Algorithm-1 steps under the profile; their times (by ``clock``) and the profile."""
@@ -104,17 +154,18 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
               "trainer.memory_format": memory_format, "trainer.compile": compile, "trainer.pass_chunk": pass_chunk,
               **({"solver.steps": ku} if ku else {}), **({"attack.steps": ka} if ka else {})}
     variants = {"sem": ("sem", common), **({} if no_rem else {"rem": ("rem", common)})}
+    baseline = {**common, "trainer.memory_format": "contiguous", "trainer.compile": "off", "trainer.pass_chunk": "off"}
     if baseline_layout:
-        variants["sem_contiguous"] = ("sem", {**common, "trainer.memory_format": "contiguous",
-                                              "trainer.compile": "off", "trainer.pass_chunk": "off"})
+        variants["sem_contiguous"] = ("sem", baseline)
     runs = {k: GeneratorTraining.create(resolve_config(m, image_side, overrides=o), 10, 3, image_side, dev)
             for k, (m, o) in variants.items()}
     x = torch.rand(batch, 3, image_side, image_side, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
+    main = BaselineProcess(("sem", baseline, image_side, str(dev)), x, y, clock == "cpu") if baseline_layout else None
     for r in runs.values():  # warm-up (and compilation, when on)
         r.run_step(x, y)
     net, opt, chunk = runs["sem"].model, runs["sem"].optimizer, runs["sem"].spec.chunk_rows(x)
-    times: dict[str, list[float]] = {k: [] for k in [*runs, "input_grad", "input_grad_whole", "train"]}
+    times: dict[str, list[float]] = {k: [] for k in [*runs, "main", "input_grad", "input_grad_whole", "train"]}
     profile_total = StepProfile(tick)
     for i in range(reps):  # interleaved so drift in machine load hits every measurement alike
         for k, r in runs.items():
@@ -125,12 +176,16 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
                 times[k] += t
             else:
                 times[k].append(_timed(dev, lambda: r.run_step(x, y), tick))
+        if main is not None:
+            times["main"].append(main.step())
         times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk), tick) for _ in range(5)]
         times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None), tick) for _ in range(5)]
         times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y), tick) for _ in range(5)]
         if verbose:
             print(f"rep {i + 1}/{reps}: " + " ".join(f"{k} {times[k][-1]:.2f}s" for k in runs), flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    if main is not None:
+        main.close()
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     cfg = runs["sem"].cfg
     passes = cfg.solver.steps * cfg.solver.samples + cfg.attack.steps
     sem_total = sum(times["sem"])
@@ -150,6 +205,7 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     if not no_rem:
         out["rem_step_s"], out["rem_over_sem"] = med["rem"], med["rem"] / med["sem"]
     if baseline_layout:
+        out["sem_main_step_s"], out["speedup_vs_contiguous"] = med["main"], med["main"] / med["sem"]
         out["sem_contiguous_step_s"] = med["sem_contiguous"]
-        out["speedup_vs_contiguous"] = med["sem_contiguous"] / med["sem"]
+        out["speedup_layout_only"] = med["sem_contiguous"] / med["sem"]
     return out

@@ -21,22 +21,61 @@ from ..config import LARGE_IMAGE_MIN_SIDE
 def crop_flip(x: torch.Tensor, u: torch.Tensor, padding: int = 4) -> torch.Tensor:
     """Per-image random crop from the zero-padded image (offsets 0..2p) and horizontal flip.
 
-    ``u[:, 0:2]`` pick the row/column offsets, ``u[:, 2] < 0.5`` flips. One gather, exact pixels.
+    ``u[:, 0:2]`` pick the row/column offsets, ``u[:, 2] < 0.5`` flips. One gather, exact pixels; the
+    gradient is one gather too (:class:`_CropFlip`).
     """
     _, _, h, w = x.shape
-    n = u.shape[0]
-    padded = F.pad(x, (padding, padding, padding, padding))  # R× fewer images to pad than to output
     span = 2 * padding + 1
     oy = (u[:, 0] * span).long().clamp_(max=span - 1)
     ox = (u[:, 1] * span).long().clamp_(max=span - 1)
-    flip = u[:, 2] < 0.5
+    flip = (u[:, 2] < 0.5)[:, None]
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
+    # output pixel (i, j) of row n reads padded pixel (oy + i, ox + j), or (oy + i, ox + w-1-j) flipped ...
     rows = oy[:, None] + ar_h  # (N, H)
-    cols = ox[:, None] + torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # (N, W)
-    batch = torch.div(torch.arange(n, device=x.device), n // x.shape[0], rounding_mode="floor")[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    cols = ox[:, None] + torch.where(flip, (w - 1) - ar_w, ar_w)  # (N, W)
+    # ... so input pixel (r, s) received output pixel (r + p - oy, s + p - ox), or column w-1-(s + p - ox):
+    # read back from the output gradient zero-padded by p, these are its indices
+    back_rows = (2 * padding - oy)[:, None] + ar_h
+    back_cols = torch.where(flip, (w - 1 + ox)[:, None] - ar_w, (2 * padding - ox)[:, None] + ar_w)
+    return _CropFlip.apply(x, rows, cols, back_rows, back_cols, padding)
+
+
+def _gather(src: torch.Tensor, src_rows: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[n, :, i, j] = src[src_rows[n], :, rows[n, i], cols[n, j]]``: NCHW, channels-last in memory.
+
+    As one ``index_select`` of whole pixels (C values each) by flat index: 3.8× faster on a CPU than the
+    same gather by advanced indexing (0.8 vs 2.9 ms for 640 crops of 3×32×32)."""
+    n, h, w = rows.shape[0], rows.shape[1], cols.shape[1]
+    _, c, hs, ws = src.shape
+    flat = ((src_rows[:, None, None] * hs + rows[:, :, None]) * ws + cols[:, None, :]).reshape(-1)
+    pixels = src.permute(0, 2, 3, 1).reshape(-1, c)  # a view when src is channels-last
+    return pixels.index_select(0, flat).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _CropFlip(torch.autograd.Function):
+    """crop_flip with its adjoint written out. Autograd's own backward of the gather is a serial
+    scatter-add on a CPU, 3× the forward's cost (≈ 7 % of a small-CNN SEM step at B = 128, J = 5); the
+    adjoint reads each input pixel's R = N/B draws back from the padded output gradient with one gather
+    and sums them, in the same float order for every batch composition."""
+
+    @staticmethod
+    def forward(ctx, x, rows, cols, back_rows, back_cols, padding):
+        n = rows.shape[0]
+        ctx.save_for_backward(back_rows, back_cols)
+        ctx.padding, ctx.repeat = padding, n // x.shape[0]
+        source = torch.div(torch.arange(n, device=x.device), ctx.repeat, rounding_mode="floor")
+        return _gather(F.pad(x, (padding,) * 4), source, rows, cols)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 6
+        back_rows, back_cols = ctx.saved_tensors
+        n = grad.shape[0]
+        per_draw = _gather(F.pad(grad, (ctx.padding,) * 4), torch.arange(n, device=grad.device), back_rows,
+                           back_cols)
+        return (per_draw.unflatten(0, (n // ctx.repeat, ctx.repeat)).sum(1), None, None, None, None, None)
 
 
 def resized_crop_flip(x: torch.Tensor, u: torch.Tensor, scale: tuple[float, float] = (0.08, 1.0),
