@@ -17,10 +17,12 @@ COMPILE_MIN_STEPS = 500
 COMPILE_SLOWER = frozenset({"small_cnn"})  # measured slower compiled: auto never compiles these
 
 
-# On a CPU an input-gradient pass costs up to ≈ 2× more per image over Algorithm 1's J·B = 640 rows than
-# over 64–128 (small_cnn and the CIFAR ResNet-18, quiet 2-core EPYC: the activations of a big pass spill out
-# of the caches). ``pass_chunk: auto`` therefore runs a CPU pass as chunks of about this many pixels
-# (64 images at 32×32); a GPU, which wants big batches, runs the pass whole. Numbers: docs/performance.md.
+# On a CPU, with the allocator settings of ``allocator.py``, an input-gradient pass over Algorithm 1's J·B = 640
+# rows costs 4–9 % more per image whole than in chunks of 128 (small_cnn 0.134 vs 0.123 s, CIFAR ResNet-18 3.34
+# vs 3.22 s; 64 and 32 rows are slower again). Without those settings a whole pass paid up to 2.5× in page
+# faults, which an earlier stop took for cache spills. ``pass_chunk: auto`` therefore runs a CPU pass as chunks
+# of about this many pixels (128 images at 32×32); a GPU, which wants big batches, runs the pass whole.
+# Numbers: docs/performance.md.
 CPU_CHUNK_PIXELS = 128 * 32 * 32
 MIN_CHUNK_ROWS = 8  # large images: fewer rows would leave the per-pass overhead unpaid
 

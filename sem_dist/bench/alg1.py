@@ -45,7 +45,7 @@ def add_arguments(group) -> None:
     group.add_argument("--compile", default="off", choices=["auto", "on", "off"],
                        help="torch.compile the model (default off: compile time would swamp a short benchmark)")
     group.add_argument("--pass-chunk", default="auto",
-                       help="rows per chunk of an input-gradient pass: auto (default; CPU: 64 rows at 32×32, "
+                       help="rows per chunk of an input-gradient pass: auto (default; CPU: 128 rows at 32×32, "
                             "GPU: whole), off, or a number")
     group.add_argument("--amp", action="store_true", help="bf16 autocast on every pass")
     group.add_argument("--baseline-layout", action="store_true",

@@ -70,7 +70,7 @@ def add_arguments(p) -> None:
     g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
                    help="layout of the passes (default auto = channels_last, measured faster on CPU and GPU)")
     g.add_argument("--pass-chunk", metavar="N",
-                   help="rows per chunk of an input-gradient pass: auto (default; on a CPU chunks of 64 images at "
+                   help="rows per chunk of an input-gradient pass: auto (default; on a CPU chunks of 128 images at "
                         "32×32, measured faster; on a GPU whole passes), off, or a number of rows")
     add_ray_arguments(g, train=True)
     add_ray_train_arguments(g)

@@ -55,7 +55,7 @@ def _gather(src: torch.Tensor, src_rows: torch.Tensor, rows: torch.Tensor, cols:
 
 class _CropFlip(torch.autograd.Function):
     """crop_flip with its adjoint written out. Autograd's own backward of the gather is a serial
-    scatter-add on a CPU, 3× the forward's cost (≈ 7 % of a small-CNN SEM step at B = 128, J = 5); the
+    scatter-add on a CPU, 3× the forward's cost (≈ 5 % of a small-CNN SEM step at B = 128, J = 5); the
     adjoint reads each input pixel's R = N/B draws back from the padded output gradient with one gather
     and sums them, in the same float order for every batch composition."""
 
