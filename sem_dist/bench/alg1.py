@@ -18,7 +18,6 @@ in this process, i.e. with the malloc settings: what layout, compilation and chu
 """
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -104,21 +103,12 @@ class BaselineProcess:
     def __init__(self, cfg_args: tuple, x: torch.Tensor, y: torch.Tensor, cpu_clock: bool):
         import multiprocessing as mp
 
-        from ..allocator import OPT_OUT
-
+        # a spawned interpreter: mallopt settings are per process, and the child never applies them
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        saved = os.environ.get(OPT_OUT)
-        os.environ[OPT_OUT] = "default"  # read by the child when it starts
-        try:
-            args = (child, cfg_args, x, y, torch.get_num_threads(), cpu_clock)
-            self.proc = ctx.Process(target=_baseline_steps, args=args, daemon=True)
-            self.proc.start()
-        finally:
-            if saved is None:
-                del os.environ[OPT_OUT]
-            else:
-                os.environ[OPT_OUT] = saved
+        args = (child, cfg_args, x, y, torch.get_num_threads(), cpu_clock)
+        self.proc = ctx.Process(target=_baseline_steps, args=args, daemon=True)
+        self.proc.start()
         self.conn.recv()  # its warm-up is over: nothing it does overlaps a timed step
 
     def step(self) -> float:

@@ -45,7 +45,7 @@ def refuse_repeated_ids(staging: Location, manifest: Manifest, staged: dict[str,
             if twice in h:
                 staged_info = ShardInfo(staged.get(info.name, info.name), info.rows, info.sha256, info.bytes)
                 for chunk in read_shard(staging, staged_info, manifest, BadRecordPolicy("fail")):
-                    found += [i for i in chunk.ids if id_hashes([i])[0] == twice]
+                    found += [i for i, v in zip(chunk.ids, id_hashes(chunk.ids)) if v == twice]
         if len(set(found)) < len(found):
             repeat = next(i for i in found if found.count(i) > 1)
             raise DataError(f"{manifest.source['uri']}: record {repeat!r}: duplicate id (ids must be unique; a "
