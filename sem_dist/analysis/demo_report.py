@@ -126,9 +126,8 @@ def build_document(record: dict, folder: Path) -> Document:
 
 def write_report(record: dict, folder: Path) -> tuple[Path, Path, Path]:
     """``report.json``, ``report.md`` and ``report.html`` in ``folder`` (figures already there)."""
-    path = folder / "report.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    from ..data.storage import open_location
+
+    open_location(str(folder)).write_bytes("report.json", json.dumps(record, indent=2).encode("utf-8"))
     md, html = write_document(build_document(record, folder), folder)
-    return path, md, html
+    return folder / "report.json", md, html

@@ -118,12 +118,10 @@ def to_html(doc: Document) -> str:
 
 
 def write_document(doc: Document, folder: Path, stem: str = "report") -> tuple[Path, Path]:
-    """``folder/stem.md`` and ``folder/stem.html``, each written whole (temporary file, then rename)."""
-    paths = []
+    """``folder/stem.md`` and ``folder/stem.html``, each written whole (``Location.write_bytes``)."""
+    from ..data.storage import open_location
+
+    location = open_location(str(folder))
     for suffix, text in ((".md", to_markdown(doc)), (".html", to_html(doc))):
-        path = folder / f"{stem}{suffix}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        paths.append(path)
-    return paths[0], paths[1]
+        location.write_bytes(f"{stem}{suffix}", text.encode("utf-8"))
+    return folder / f"{stem}.md", folder / f"{stem}.html"
