@@ -2,16 +2,18 @@
 
 1. an embedded local Ray (``distributed.cluster.connect``: loopback, token auth, dashboard on 127.0.0.1);
 2. scikit-learn's bundled digits → canonical Parquet shards (``data.convert``);
-3. SEM and REM through ``protect`` exactly as a cluster runs it: Algorithm 1 on Ray Train with 2 DDP workers,
-   Algorithm 4 on Ray Data with 2 actors, one per input shard;
-4. victims trained on the clean, SEM and REM training sets, with standard and with adversarial training,
-   scored on the clean test set (``victims.evaluate``);
-5. ``report.md``, a self-contained ``report.html`` and ``report.json`` (every number), with the accuracy
-   table, generation times, a Figure-4 grid (``samples.png``) and the victims' learning curves
-   (``learning_curves.png``).
+3. every (method, seed) protected by ``protect`` (Algorithm 1, then Algorithm 4, written as a canonical
+   dataset with its manifest) and every (training data, training kind, seed) victim scored on the clean test
+   set, each a one-CPU Ray task (``distributed.cells``): a victim of protected data starts as soon as its
+   seed's generator is done, so a cluster finishes in about one generator-then-victim chain;
+4. ``report.md``, a self-contained ``report.html`` and ``report.json`` (every number), with the accuracy
+   table as mean ± std over the seeds, sentences comparing the methods computed from those numbers
+   (``analysis.demo_report``), generation times, a Figure-4 grid (``samples.png``) and the victims' mean
+   learning curves (``learning_curves.png``).
 
-Scale: the CPU-scale generator of docs/evidence.md (small CNN, batch 64, K_u = 5, J = 2, K_a = 3) at
-ρ_u = 16/255 with M = 200 — at this scale 8/255 protects nothing (see ``analysis.demo_report``).
+Seed ``s`` seeds both the generator and the victims of its row, so the spread covers both sources of
+variation (docs/evidence.md measures each alone). Scale: the CPU-scale generator of docs/evidence.md (small
+CNN, batch 64, K_u = 5, J = 2, K_a = 3) at ρ_u = 16/255 — at this scale 8/255 protects nothing.
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ from typing import Callable
 
 import numpy as np
 
-RECORD_SCHEMA = "sem-dist/demo/1"
+RECORD_SCHEMA = "sem-dist/demo/2"
 
 
 @dataclass
 class DemoSettings:
     out: str = "sem-dist-demo"
     methods: tuple[str, ...] = ("sem", "rem")
+    seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a generator per method and the victims of its row
     # generator (Algorithm 1 / 4): docs/evidence.md's CPU scale; the paper's Table 9 values in comments
     steps: int = 200  # M (paper 5000): at 16/255 protection grows with M up to ~200-300 here
     rho_u: str = "16/255"  # paper 8/255: protects nothing at CPU scale (docs/evidence.md)
@@ -42,39 +45,52 @@ class DemoSettings:
     solver_steps: int = 5  # K_u, paper 10
     samples: int = 2  # J, paper 5
     attack_steps: int = 3  # K_a, paper 10
-    # engine
-    workers: int = 2  # Ray Train DDP workers for Algorithm 1
-    regen_actors: int = 2  # Ray Data actors for Algorithm 4
-    shard_rows: int = 720  # digits' 1,437 training images → 2 shards: one unit of work per actor
+    shard_rows: int = 720  # digits' 1,437 training images → 2 canonical shards
     # victims
     victim_epochs: float = 10
     victim_batch_size: int = 64
     victim_adv_steps: int = 3  # PGD steps of adversarial training, step ρ_a/2 from a random start
-    seed: int = 0
     per_class: int = 2  # samples per class in the Figure-4 grid
-    device: str = "auto"  # victims (this process)
+    device: str = "auto"  # the tasks' device: auto takes a GPU per task where the Ray cluster has GPUs
 
-    def generator_overrides(self, method: str) -> dict:
+    def generator_overrides(self, method: str, seed: int) -> dict:
         o = {"trainer.arch": self.arch, "trainer.steps": self.steps, "trainer.batch_size": self.batch_size,
              # M is far below the paper's first decay at step 2000: constant lr 0.1 (as docs/evidence.md)
              "trainer.lr_step": 10 ** 9, "solver.steps": self.solver_steps, "solver.samples": self.samples,
-             "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "seed": self.seed}
+             "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "seed": seed}
         if method != "em":  # EM (min-min) has no adversary, so no ρ_a to set
             o["budget.rho_a"] = self.rho_a
         return o
 
-    def victim(self, adversarial: bool, n_train: int):
+    def victim(self, adversarial: bool, n_train: int, seed: int):
         from .config import parse_fraction
         from .victims.train import VictimConfig
 
         per_epoch = math.ceil(n_train / self.victim_batch_size)
         return VictimConfig(arch=self.arch, epochs=self.victim_epochs, batch_size=self.victim_batch_size,
                             adv_rho=parse_fraction(self.rho_a) if adversarial else 0.0,
-                            adv_steps=self.victim_adv_steps, adv_alpha_div=2.0, seed=self.seed,
+                            adv_steps=self.victim_adv_steps, adv_alpha_div=2.0, seed=seed,
                             eval_every=per_epoch).validate()
 
 
 TRAININGS = ("standard", "adversarial")
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One protected copy of the training set: ``method`` with ``seed``."""
+
+    method: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Victim:
+    """One victim: trained on ``data`` ("clean" or a method's copy of the same seed), ``kind`` of training."""
+
+    data: str
+    kind: str
+    seed: int
 
 
 def _stage(say: Callable[[str], None], i: int, n: int, text: str) -> None:
@@ -104,18 +120,59 @@ def _ray_summary() -> dict:
             "auth_mode": os.environ.get("RAY_AUTH_MODE") or "token (Ray's default for a cluster ray.init starts)"}
 
 
-def _protect(s: DemoSettings, method: str, train_uri: str, out: Path) -> dict:
+def protect_cell(s: DemoSettings, g: Generator, train_uri: str, out_uri: str) -> dict:
+    """A generator task: ``protect`` of the training set with ``g``'s method and seed, in this worker."""
     from .protect_dataset import ProtectRequest, protect
 
     t0 = time.perf_counter()
-    m = protect(ProtectRequest(data=train_uri, out=str(out / method), method=method,
-                               overrides=s.generator_overrides(method), workers=s.workers, regen_actors=s.regen_actors,
-                               overwrite=True))
+    # the stage's one bar is the driver's: a task's own bars would reach the console through Ray's log stream
+    os.environ["SEM_DIST_PROGRESS"] = "0"
+    m = protect(ProtectRequest(data=train_uri, out=out_uri, method=g.method,
+                               overrides=s.generator_overrides(g.method, g.seed), overwrite=True))
     p = m.protection
-    return {"uri": str(out / method), "wall_s": time.perf_counter() - t0, "timings": p["timings"],
-            "train_workers": p["train_workers"], "train_feed": p["train_feed"],
+    return {"uri": out_uri, "seed": g.seed, "wall_s": time.perf_counter() - t0, "timings": p["timings"],
             "train_steps_per_s": p["train_steps_per_s"], "regeneration": p["regeneration"], "noise": p["noise"],
             "config": p["config"]}
+
+
+def victim_cell(cfg, train_uri: str, test_uri: str) -> dict:
+    """A victim task: train on ``train_uri``, score on the clean ``test_uri``; the record without the model."""
+    from .data import load_dataset
+    from .device import resolve_device
+    from .victims.train import train_victim
+
+    r = train_victim(cfg, load_dataset(train_uri), load_dataset(test_uri), resolve_device("auto"))
+    return r.to_dict()
+
+
+def _cells(s: DemoSettings, data: Path, out: Path, n_train: int, gpus: float,
+           on_done: Callable[[object, dict], None]) -> tuple[dict, dict]:
+    """Every generator and victim as Ray tasks (generators first; a protected-data victim once its generator
+    is done); returns ({Generator: record}, {Victim: record})."""
+    from .distributed.cells import run_in_order, submit
+
+    train_uri, test_uri = str(data / "train"), str(data / "test")
+    gens = [Generator(m, seed) for seed in s.seeds for m in s.methods]
+    victims = [Victim(d, kind, seed) for seed in s.seeds for d in ("clean", *s.methods) for kind in TRAININGS]
+    made: dict = {}
+
+    def uri(d: str, seed: int) -> str:
+        return train_uri if d == "clean" else made[Generator(d, seed)]["uri"]
+
+    def start(cell):
+        if isinstance(cell, Generator):
+            return submit(protect_cell, s, cell, train_uri, str(out / f"{cell.method}-s{cell.seed}"), num_gpus=gpus)
+        cfg = s.victim(cell.kind == "adversarial", n_train, cell.seed)
+        return submit(victim_cell, cfg, uri(cell.data, cell.seed), test_uri, num_gpus=gpus)
+
+    def ready(cell, finished: set) -> bool:
+        return isinstance(cell, Generator) or cell.data == "clean" or Generator(cell.data, cell.seed) in finished
+
+    trained = {}
+    for cell, rec in run_in_order([*gens, *victims], start, ready):
+        (made if isinstance(cell, Generator) else trained)[cell] = rec
+        on_done(cell, rec)
+    return made, trained
 
 
 def _noise(clean, protected) -> np.ndarray:
@@ -126,107 +183,114 @@ def _noise(clean, protected) -> np.ndarray:
     return (protected.images[order].astype(np.int16) - clean.images.astype(np.int16)).astype(np.int8)
 
 
-def _on_ray(s: DemoSettings, out: Path, say: Callable[[str], None], n_stages: int, timings: dict):
-    """Stages 1 to 2 + len(methods), the ones that use Ray: (Ray summary, manifests of the clean data,
-    generation record per method). Ray is shut down afterwards if this call started it."""
-    from .analysis.demo_report import NAMES
-    from .data.convert import convert
-
-    t0 = time.perf_counter()
-    _stage(say, 1, n_stages, "Ray: an embedded local Ray unless this process is connected to one already")
-    started = _start_ray()
-    try:
-        ray_info = _ray_summary()
-        which = ("started an embedded Ray on 127.0.0.1 (token auth, dashboard on loopback)" if started
-                 else "joined the running Ray")
-        say(f"  {which}: {ray_info['cpus']:g} CPUs, {ray_info['gpus']:g} GPUs")
-        timings["ray_start_s"] = time.perf_counter() - t0
-        data = out / "data"
-        _stage(say, 2, n_stages, f"digits → canonical Parquet shards in {data} ({s.shard_rows} rows per shard)")
-        t = time.perf_counter()
-        manifests = convert("digits", str(data), shard_rows=s.shard_rows, overwrite=True)
-        timings["convert_s"] = time.perf_counter() - t
-        generation = {}
-        for k, method in enumerate(s.methods):
-            _stage(say, 3 + k, n_stages,
-                   f"{NAMES.get(method, method)}: Algorithm 1 on Ray Train ({s.workers} workers, M = {s.steps}), "
-                   f"then Algorithm 4 on Ray Data ({s.regen_actors} actors), ρ_u = {s.rho_u}")
-            g = generation[method] = _protect(s, method, str(data / "train"), out)
-            say(f"  {method}: Algorithm 1 {g['timings']['fit_s']:.0f} s, Algorithm 4 "
-                f"{g['timings']['regenerate_s']:.0f} s, noise ℓ∞ = {g['noise']['linf_levels']}/255")
-    finally:
-        if started:  # the victims need no Ray: its processes stop taking memory and CPU now
-            import ray
-
-            ray.shutdown()
-    return ray_info, manifests, generation
+def _generation(s: DemoSettings, made: dict) -> dict:
+    """Per method: each seed's record and the mean times."""
+    out = {}
+    for method in s.methods:
+        per_seed = {str(g.seed): rec for g, rec in made.items() if g.method == method}
+        recs = list(per_seed.values())
+        out[method] = {"seeds": per_seed,
+                       "fit_s": float(np.mean([r["timings"]["fit_s"] for r in recs])),
+                       "regenerate_s": float(np.mean([r["timings"]["regenerate_s"] for r in recs])),
+                       "wall_s": float(np.mean([r["wall_s"] for r in recs])),
+                       "train_steps_per_s": float(np.mean([r["train_steps_per_s"] or 0 for r in recs])),
+                       "images_per_s": float(np.mean([r["regeneration"]["images_per_s"] or 0 for r in recs])),
+                       "linf_levels": max(r["noise"]["linf_levels"] for r in recs)}
+    return out
 
 
-def _victims(s: DemoSettings, train_sets: dict, test, test_uri: str) -> tuple[dict, dict, dict]:
-    """Every (training data, training kind) victim: (records, accuracy, per-epoch curves), keyed by data."""
-    from .analysis.demo_report import NAMES
-    from .device import resolve_device
-    from .progress import bar
-    from .victims.evaluate import evaluate_victims
+def _victim_records(s: DemoSettings, trained: dict, n_train: int) -> tuple[dict, dict, dict]:
+    """(records keyed "data/kind", accuracy {data: {kind: {mean, std, n, per_seed}}}, mean curves)."""
+    from .victims.evaluate import mean_std
 
-    device = resolve_device(s.device)
-    jobs = [(name, kind) for name in train_sets for kind in TRAININGS]
-    n = len(train_sets["clean"][0])
-    planned = {kind: s.victim(kind == "adversarial", n).total_steps(n) for kind in TRAININGS}
     records, accuracy, curves = {}, {}, {}
-    with bar(sum(planned[kind] for _, kind in jobs), "victims", unit="step") as pb:
-        done = 0
-        for name, kind in jobs:
-            train, uri = train_sets[name]
-            pb.set_description(f"victim: {NAMES.get(name, name)}, {kind}")
-
-            def progress(_, stats, base=done):
-                pb.n = base + stats["step"]
-                pb.refresh()
-            rec = evaluate_victims(s.victim(kind == "adversarial", len(train)), train, test, device, [s.seed],
-                                   train_uri=uri, test_uri=test_uri, progress=progress)
-            done += planned[kind]
-            records[f"{name}/{kind}"] = rec
-            accuracy.setdefault(name, {})[kind] = rec["test_acc"]
-            curves.setdefault(name, {})[kind] = [[round(p["step"] * s.victim_batch_size / len(train), 3), p["test_acc"]]
-                                                 for p in rec["runs"][0]["curve"]]
+    for data in ("clean", *s.methods):
+        for kind in TRAININGS:
+            runs = [(v.seed, r) for v, r in trained.items() if (v.data, v.kind) == (data, kind)]
+            runs.sort(key=lambda sr: s.seeds.index(sr[0]))
+            accs = [r["test_acc"] for _, r in runs]
+            mean, std = mean_std(accs)
+            cfg = dataclasses.asdict(s.victim(kind == "adversarial", n_train, 0))
+            cfg.pop("seed")
+            records[f"{data}/{kind}"] = {"victim": cfg, "seeds": [sd for sd, _ in runs], "test_acc": mean,
+                                         "test_acc_std": std, "runs": [dict(seed=sd, **r) for sd, r in runs]}
+            accuracy.setdefault(data, {})[kind] = {"mean": mean, "std": std, "n": len(accs),
+                                                   "per_seed": {str(sd): r["test_acc"] for sd, r in runs}}
+            # the mean curve over seeds (every run evaluates at the same steps)
+            steps = [p["step"] for p in runs[0][1]["curve"]]
+            curves.setdefault(data, {})[kind] = [
+                [round(step * s.victim_batch_size / n_train, 3),
+                 float(np.mean([r["curve"][i]["test_acc"] for _, r in runs]))] for i, step in enumerate(steps)]
     return records, accuracy, curves
 
 
 def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     """Run every stage; returns the record written to ``report.json``."""
-    from .analysis.demo_report import NAMES, write_report
+    from .analysis.demo_report import NAMES, comparisons, write_report
     from .analysis.figures import plot_victim_curves
     from .data import load_dataset
+    from .data.convert import convert
+    from .progress import bar
     from .report import per_class_indices, save_protection_grid
 
+    if not s.seeds:
+        raise ValueError("give at least one seed")
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_stages = 4 + len(s.methods)
+    n_stages = 4
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     timings: dict = {}
-    ray_info, manifests, generation = _on_ray(s, out, say, n_stages, timings)
+    _stage(say, 1, n_stages, "Ray: an embedded local Ray unless this process is connected to one already")
+    started = _start_ray()
+    try:
+        import ray
 
-    data = out / "data"
-    clean, test = load_dataset(str(data / "train")), load_dataset(str(data / "test"))
-    train_sets = {"clean": (clean, str(data / "train"))}
-    train_sets.update({m: (load_dataset(generation[m]["uri"]), generation[m]["uri"]) for m in s.methods})
-    _stage(say, 3 + len(s.methods), n_stages,
-           f"victims ({s.arch}, {s.victim_epochs:g} epochs) on {', '.join(NAMES.get(n, n) for n in train_sets)} "
-           f"data, standard and adversarial training (ρ_a = {s.rho_a}); clean test set of {len(test)}")
-    t = time.perf_counter()
-    records, accuracy, curves = _victims(s, train_sets, test, str(data / "test"))
-    timings["victims_s"] = time.perf_counter() - t
+        ray_info = _ray_summary()
+        which = ("started an embedded Ray on 127.0.0.1 (token auth, dashboard on loopback)" if started
+                 else "joined the running Ray")
+        say(f"  {which}: {ray_info['cpus']:g} CPUs, {ray_info['gpus']:g} GPUs")
+        timings["ray_start_s"] = time.perf_counter() - t_start
+        data = out / "data"
+        _stage(say, 2, n_stages, f"digits → canonical Parquet shards in {data} ({s.shard_rows} rows per shard)")
+        t = time.perf_counter()
+        manifests = convert("digits", str(data), shard_rows=s.shard_rows, overwrite=True)
+        timings["convert_s"] = time.perf_counter() - t
+        n_train = manifests["train"].count
+        gpus = 1.0 if (s.device.startswith("cuda") or (s.device == "auto" and ray_info["gpus"] > 0)) else 0.0
+        names = ", ".join(NAMES.get(m, m) for m in s.methods)
+        n_gen, n_vic = len(s.methods) * len(s.seeds), (1 + len(s.methods)) * len(TRAININGS) * len(s.seeds)
+        _stage(say, 3, n_stages,
+               f"{n_gen} generators ({names} × seeds {', '.join(map(str, s.seeds))}: Algorithm 1, M = {s.steps}, then "
+               f"Algorithm 4, ρ_u = {s.rho_u}) and {n_vic} victims ({s.arch}, {s.victim_epochs:g} epochs, standard and "
+               f"adversarial at ρ_a = {s.rho_a}), each a one-CPU Ray task")
+        t = time.perf_counter()
+        with bar(n_gen + n_vic, "generators and victims", unit="task") as pb:
+            def done(cell, rec):
+                if isinstance(cell, Generator):
+                    pb.write(f"  {NAMES.get(cell.method, cell.method)} seed {cell.seed}: Algorithm 1 "
+                             f"{rec['timings']['fit_s']:.0f} s, Algorithm 4 {rec['timings']['regenerate_s']:.0f} s, "
+                             f"noise ℓ∞ = {rec['noise']['linf_levels']}/255")
+                pb.update(1)
+            made, trained = _cells(s, data, out, n_train, gpus, done)
+        timings["cells_s"] = time.perf_counter() - t
+    finally:
+        if started:
+            ray.shutdown()
 
-    _stage(say, n_stages, n_stages, f"figures and report in {out}")
+    _stage(say, 4, n_stages, f"figures and report in {out}")
+    generation = _generation(s, made)
+    records, accuracy, curves = _victim_records(s, trained, n_train)
+    clean = load_dataset(str(data / "train"))
+    first = s.seeds[0]
     idx = per_class_indices(clean.labels, s.per_class)
-    save_protection_grid(clean.images[idx], {NAMES.get(m, m): _noise(clean, train_sets[m][0])[idx]
-                                            for m in s.methods}, out / "samples.png",
-                         labels=[clean.classes[clean.labels[i]] for i in idx])
+    save_protection_grid(clean.images[idx], {
+        NAMES.get(m, m): _noise(clean, load_dataset(made[Generator(m, first)]["uri"]))[idx] for m in s.methods},
+        out / "samples.png", labels=[clean.classes[clean.labels[i]] for i in idx])
     plot_victim_curves({(NAMES.get(n, n), kind): pts for n, by in curves.items() for kind, pts in by.items()},
                        out / "learning_curves.png",
-                       f"{s.arch} victims on digits; adversarial training at ρ_a = {s.rho_a}")
+                       f"{s.arch} victims on digits, mean of {len(s.seeds)} seeds; adversarial training at "
+                       f"ρ_a = {s.rho_a}")
     timings["total_s"] = time.perf_counter() - t_start
     record = {
         "schema": RECORD_SCHEMA,
@@ -238,12 +302,31 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
                  "train_shards": len(manifests["train"].shards)},
         "generation": generation,
         "accuracy": accuracy,
+        "comparisons": comparisons(accuracy),
         "curves": curves,
         "victims": records,
         "figures": {"samples": "samples.png", "learning_curves": "learning_curves.png"},
         "timings": timings,
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_summary(),
     }
     write_report(record, out)
     return record
+
+
+def cpu_summary() -> dict:
+    """The CPU and the kernel set torch uses on it: figures move with both (docs/evidence.md)."""
+    import platform
+
+    import torch
+
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}}

@@ -1,6 +1,6 @@
-"""``sem-dist demo`` end to end at a tiny size on the session's real local Ray: the protection goes through
-Ray Train (2 workers) and Ray Data (2 actors), and the report (md, self-contained html, json, figures) holds
-exactly the numbers the run produced."""
+"""``sem-dist demo`` end to end at a tiny size on the session's real local Ray: every (method, seed) generator
+and every victim runs as a Ray task, and the report (md, self-contained html, json, figures) holds exactly the
+numbers the run produced — each cell mean ± std over the seeds, each comparing sentence computed from them."""
 from __future__ import annotations
 
 import base64
@@ -8,58 +8,72 @@ import json
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from sem_dist.analysis.demo_report import pct, seconds
+from sem_dist.analysis.demo_report import comparisons, pct_pm, seconds
 from sem_dist.data import load_dataset
 from sem_dist.demo import DemoSettings, run_demo
+from sem_dist.victims.evaluate import mean_std
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_protects_through_ray_and_reports_the_numbers_it_measured(ray_cluster, tmp_path):
+def test_demo_runs_every_seed_as_ray_tasks_and_reports_mean_and_spread(ray_cluster, tmp_path):
     out = tmp_path / "demo"
-    settings = DemoSettings(out=str(out), steps=2, batch_size=16, solver_steps=1, samples=1, attack_steps=1,
-                            victim_epochs=0.25, victim_adv_steps=1, per_class=1, device="cpu")
+    seeds = (0, 1)
+    settings = DemoSettings(out=str(out), seeds=seeds, steps=2, batch_size=16, solver_steps=1, samples=1,
+                            attack_steps=1, victim_epochs=0.25, victim_adv_steps=1, per_class=1, device="cpu")
     lines: list[str] = []
     run_demo(settings, say=lines.append)
 
     # it joined the session's Ray (token auth and loopback are tested with connect() itself) and left it up
     assert ray_cluster.is_initialized()
     stages = [line.split("]")[0] + "]" for line in lines if line.startswith("sem-dist demo [")]
-    assert stages == [f"sem-dist demo [{i}/6]" for i in range(1, 7)]
+    assert stages == [f"sem-dist demo [{i}/4]" for i in range(1, 5)]
 
     record = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
 
-    # the product's real path: canonical shards in, Ray Train with 2 workers, Ray Data with 2 actors
+    # one protected canonical copy per (method, seed), each made with its own seed: the clean data plus noise
     assert record["data"]["train_shards"] == 2
     clean = load_dataset(str(out / "data" / "train"))
     for method in ("sem", "rem"):
         g = record["generation"][method]
-        assert g["train_workers"] == 2 and g["train_feed"] == "object-store"
-        assert g["regeneration"]["engine"] == "ray-data" and g["regeneration"]["actors"] == 2
-        protected = load_dataset(g["uri"])
-        assert protected.ids == clean.ids and (protected.labels == clean.labels).all()
-        noise = protected.images.astype(np.int16) - clean.images.astype(np.int16)
-        assert 0 < np.abs(noise).max() == g["noise"]["linf_levels"] <= 16  # ρ_u = 16/255
-        # its generation times, as the report prints them
-        for t in (g["timings"]["fit_s"], g["timings"]["regenerate_s"], g["wall_s"]):
+        assert sorted(g["seeds"]) == ["0", "1"]
+        noises = []
+        for seed, rec in g["seeds"].items():
+            protected = load_dataset(rec["uri"])
+            assert protected.meta["manifest"]["protection"]["seed"] == int(seed) == rec["seed"]
+            assert protected.ids == clean.ids and (protected.labels == clean.labels).all()
+            noise = protected.images.astype(np.int16) - clean.images.astype(np.int16)
+            assert 0 < np.abs(noise).max() == rec["noise"]["linf_levels"] <= 16  # ρ_u = 16/255
+            noises.append(noise)
+        assert (noises[0] != noises[1]).mean() > 0.3  # another seed, another noise
+        for t in (g["fit_s"], g["regenerate_s"], g["wall_s"]):  # mean times, as the report prints them
             assert seconds(t) in md and seconds(t) in html
 
-    # the accuracy table: clean / SEM / REM × standard / adversarial, each the victim's final test accuracy
+    # the table: clean / SEM / REM × standard / adversarial, each the mean ± std of the per-seed victims
     acc = record["accuracy"]
     assert set(acc) == {"clean", "sem", "rem"} and all(set(v) == {"standard", "adversarial"} for v in acc.values())
     for key, victim in record["victims"].items():
         name, kind = key.split("/")
-        assert acc[name][kind] == victim["test_acc"] == victim["runs"][0]["curve"][-1]["test_acc"]
+        cell = acc[name][kind]
+        per_seed = [run["test_acc"] for run in victim["runs"]]
+        assert [run["seed"] for run in victim["runs"]] == list(seeds) and cell["n"] == 2
+        assert (cell["mean"], cell["std"]) == pytest.approx(mean_std(per_seed))
+        assert all(run["curve"][-1]["test_acc"] == run["test_acc"] for run in victim["runs"])
         assert victim["victim"]["adv_rho"] == (0.0 if kind == "standard" else 4 / 255)
-        assert record["curves"][name][kind][-1][1] == acc[name][kind]
+        assert record["curves"][name][kind][-1][1] == pytest.approx(cell["mean"])
     for name, label in (("clean", "clean"), ("sem", "SEM"), ("rem", "REM")):
-        std, adv = pct(acc[name]["standard"]), pct(acc[name]["adversarial"])
+        std, adv = pct_pm(acc[name]["standard"]), pct_pm(acc[name]["adversarial"])
         assert f"| {label} | {std} | {adv} |" in md
         assert f"<td>{label}</td><td>{std}</td><td>{adv}</td>" in html
+    # the comparing sentences are the ones computed from these cells, and the report prints each of them
+    assert record["comparisons"] == comparisons(acc) and len(record["comparisons"]) == 6
+    for sentence in record["comparisons"]:
+        assert sentence in md
 
     # figures: PNGs next to the markdown, embedded byte for byte in the html, which loads nothing from outside
     for name in ("samples.png", "learning_curves.png"):
@@ -70,9 +84,36 @@ def test_demo_protects_through_ray_and_reports_the_numbers_it_measured(ray_clust
     assert re.findall(r'src="([a-z]+):', html) == ["data", "data"]
     with Image.open(out / "samples.png") as grid:  # one column per class, five rows: clean + 2 × (noise, protected)
         assert grid.width > 1.5 * grid.height
-    # why the radius, with the evidence it rests on, and the settings of this run
-    assert "Why ρ_u = 16/255" in md and "76.9 %" in md and "68.6 %" in md
-    assert "M = 2 steps of batch 16" in md and "K_u = 1" in html
+    # why the radius, and the settings of this run, the machine's kernels among them
+    assert "Why ρ_u = 16/255" in md and "2 seeds (0, 1)" in md
+    assert "M = 2 steps of batch 16" in md and "K_u = 1" in html and record["cpu"]["torch_capability"] in md
+
+
+def _cell(mean, std):
+    return {"mean": mean, "std": std, "n": 3, "per_seed": {}}
+
+
+@pytest.mark.parametrize("sem, rem, verdict", [
+    (_cell(0.50, 0.05), _cell(0.70, 0.05), "SEM is below REM under adversarial training (SEM 50.0 ± 5.0 %, REM 70.0 ± "
+                                            "5.0 %): the paper's ordering."),
+    (_cell(0.70, 0.05), _cell(0.50, 0.05), "REM is below SEM under adversarial training (SEM 70.0 ± 5.0 %, REM 50.0 ± "
+                                            "5.0 %): the opposite of the paper's ordering."),
+    (_cell(0.60, 0.08), _cell(0.55, 0.02), "SEM and REM are within each other's seed spread under adversarial "
+                                            "training (SEM 60.0 ± 8.0 %, REM 55.0 ± 2.0 %): the paper's ordering "
+                                            "does not show at this scale."),
+])
+def test_comparing_sentences_follow_the_means_and_spreads(sem, rem, verdict):
+    accuracy = {"clean": {"standard": _cell(0.95, 0.01), "adversarial": _cell(0.60, 0.01)},
+                "sem": {"standard": _cell(0.15, 0.03), "adversarial": sem},
+                "rem": {"standard": _cell(0.20, 0.03), "adversarial": rem}}
+    said = comparisons(accuracy)
+    assert verdict in said
+    assert "SEM lowers a standard victim beyond the seed spread (clean 95.0 ± 1.0 % → SEM 15.0 ± 3.0 %)." in said
+    # within 3 + 3 points of each other: no ordering claimed under standard training
+    assert any(s.startswith("SEM and REM are within each other's seed spread under standard training") for s in said)
+    lowers_adv = [s for s in said if "an adversarially trained victim" in s]
+    for s, cell in zip(lowers_adv, (sem, rem)):
+        assert s.split(" ")[1] == ("lowers" if cell["mean"] + cell["std"] < 0.59 else "does")
 
 
 def test_demo_refuses_a_bad_radius_before_starting_anything(cli, tmp_path):
