@@ -33,6 +33,7 @@ def test_term_steps_defaults():
         term_steps(cfg, 1000, 0)
 
 
+@pytest.mark.trained
 def test_surrogate_robustness_falls_with_a_stronger_adversary(toy):
     train, _ = toy
     model = build_model("small_cnn", 10, 1, seed=0)

@@ -107,6 +107,7 @@ def test_sc_noise_is_class_wise_patches_at_full_budget(digits8):
     assert torch.equal(p, p[:, :, ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))
 
 
+@pytest.mark.trained
 def test_tap_moves_a_clean_models_predictions_towards_the_target_class(digits8, tmp_path):
     data = digits8.subset(range(300))
     m = _fit("tap", data, **{"trainer.steps": 40, "trainer.batch_size": 64, "solver.steps": 20,
@@ -128,6 +129,7 @@ def test_tap_moves_a_clean_models_predictions_towards_the_target_class(digits8, 
     assert torch.equal(loaded.perturb(x, y, data.ids[:40]), delta)
 
 
+@pytest.mark.trained
 def test_em_noise_is_a_shortcut_a_fresh_model_learns_fast():
     # Random images with random labels: nothing to learn but memorisation, so the clean loss stays
     # high, while EM noise carries the label. ρ_u = 32/255 and 10 generator steps stand in for the

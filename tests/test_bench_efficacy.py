@@ -38,17 +38,22 @@ def test_mean_and_std_over_seeds_and_markdown():
 
 def test_tiny_grid_through_ray_tasks(ray_cluster, tmp_path):
     out = tmp_path / "eff"
-    result = efficacy.run(verbose=False, out=str(out), seeds="0", factor=1 / 5000, methods=("clean", "sem"),
+    result = efficacy.run(verbose=False, out=str(out), seeds="0,1", factor=1 / 5000, methods=("clean", "sem"),
                           radii=(0, 4), tables=("table2",), train_size=48)
     assert set(result["table"]) == {"clean", "sem"}
     assert all(set(cols) == {"0", "4"} for cols in result["table"].values())
     assert all(0.0 <= a <= 1.0 for cols in result["table"].values() for a in cols.values())
     assert result["tables"]["table2"] == result["table"] and result["generation_s"]["sem"] > 0
     record = json.loads((out / "efficacy.json").read_text())
-    assert len(record["generators"]) == 2 and len(record["victims"]) == 4  # SEM at ρ_a 0 and 4; 2 × 2 victims
+    # SEM at ρ_a 0 and 4 for each of 2 seeds; 2 × 2 victims per seed
+    assert len(record["generators"]) == 4 and len(record["victims"]) == 8
     assert {g["M"] for g in record["generators"]} == {1}  # 5000 × 1/5000
     md = (out / "efficacy.md").read_text()
     for method, cols in result["table"].items():
-        assert f"| {method} | " + " | ".join(f"{100 * cols[c]:.1f} ± 0.0" for c in ("0", "4")) in md
+        per_seed = {c: [v["test_acc"] for v in record["victims"] if v["rho_a"] == int(c)
+                        and (v["generator"] or {}).get("method", "clean") == method] for c in cols}
+        std = {c: efficacy.mean_std(per_seed[c])[1] for c in cols}
+        assert result["table_std"][method] == {c: round(std[c], 4) for c in cols}
+        assert f"| {method} | " + " | ".join(f"{100 * cols[c]:.1f} ± {100 * std[c]:.1f}" for c in ("0", "4")) in md
     assert (out / "table2.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(result)  # the bench's last line

@@ -109,6 +109,7 @@ def test_same_seed_same_noise_and_another_seed_other_noise():
     assert (a != c).mean() > 0.3
 
 
+@pytest.mark.trained
 def test_sem_protected_digits_are_unlearnable(digits, sem_protected_digits):
     train, test = digits
     protected, cfg = sem_protected_digits

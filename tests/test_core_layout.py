@@ -61,6 +61,7 @@ def test_compiled_model_gives_the_plain_paths_noise():
                  _grad_and_noise(_model("channels_last", compile=True, backend="aot_eager"), spec, x, y))
 
 
+@pytest.mark.trained
 def test_pgd_under_autocast_keeps_its_bounds_and_ascends():
     _, x, y = _setup()
     model = _model("channels_last")

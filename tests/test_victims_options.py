@@ -55,6 +55,7 @@ def test_holdout_swaps_the_requested_share_of_validation_for_clean_originals(sma
         holdout_validation(data.with_images(data.images, None), 0.25, 0.5, seed=1)
 
 
+@pytest.mark.trained
 def test_early_stopping_stops_and_keeps_best_weights(small):
     data, test = small
     # 16 validation images allow at most 17 distinct accuracies, so with patience 2 (a check every step)

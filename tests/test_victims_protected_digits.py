@@ -19,6 +19,8 @@ from sem_dist.config import resolve_config
 from sem_dist.pipeline import protect_arrays
 from sem_dist.victims.train import VictimConfig, train_victim
 
+# every test here asserts on trained victims or generators; thresholds from tests/spread.py
+pytestmark = pytest.mark.trained
 CPU = torch.device("cpu")
 VICTIM = VictimConfig(arch="small_cnn", steps=120, batch_size=64)  # ≈ 5 epochs of digits, crop + flip
 EM = {"trainer.arch": "small_cnn", "trainer.steps": 40, "trainer.batch_size": 64, "trainer.lr_step": 10 ** 9,
