@@ -47,6 +47,9 @@ def refuse_credentials_in(args: argparse.Namespace) -> None:
 
 def run_command(prog: str, run, args: argparse.Namespace) -> int:
     """``run(args)`` with the CLI's failure contract: one line ``PROG: error: MESSAGE`` on stderr, exit 1."""
+    saved = os.environ.get("SEM_DIST_VERBOSE")
+    if getattr(args, "verbose", False):  # --verbose: Ray's own output on the console (distributed.logs)
+        os.environ["SEM_DIST_VERBOSE"] = "1"
     try:
         refuse_credentials_in(args)
         return int(run(args) or 0)
@@ -59,6 +62,11 @@ def run_command(prog: str, run, args: argparse.Namespace) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
+    finally:  # this run's setting only (an in-process caller runs more commands)
+        if saved is None:
+            os.environ.pop("SEM_DIST_VERBOSE", None)
+        else:
+            os.environ["SEM_DIST_VERBOSE"] = saved
 
 
 def main(argv: list[str] | None = None) -> int:

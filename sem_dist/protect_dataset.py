@@ -31,7 +31,7 @@ from .device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
 from .stages.commit import already_done, commit
-from .stages.fit import METHOD_CHECKPOINT, FitPlan, fit, read_checkpoint, save_method
+from .stages.fit import METHOD_CHECKPOINT, FitPlan, check_stream, fit, read_checkpoint, save_method
 from .stages.read import Input, open_input
 from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local, unit_count
 
@@ -196,7 +196,7 @@ class Run:
         job, pool = self.job(), {}
         try:
             if self.engine.ray_regen:
-                new, pool = self._regenerate_ray(job, done)
+                new, pool = self._regenerate_ray(job, done, protection["method"])
                 results = [*done.values(), *new]
             else:
                 device = resolve_device(self.opts.device)
@@ -229,17 +229,31 @@ class Run:
                         keep_noise=opts.keep_noise, on_bad_record=opts.on_bad_record, shard_rows=opts.shard_rows,
                         **source)
 
-    def _regenerate_ray(self, job: RegenJob, done: dict[int, UnitResult]) -> tuple[list[UnitResult], dict]:
-        """The new results and the pool's timings: its start-up, and images/s of the work after it."""
+    def _regenerate_ray(self, job: RegenJob, done: dict[int, UnitResult], method: str
+                        ) -> tuple[list[UnitResult], dict]:
+        """The new results and the pool's timings: its start-up, and images/s of the work after it. The
+        stage's one progress bar counts the images of finished units (Ray Data's own bars only with
+        ``--verbose``, see ``distributed.logs``)."""
+        from .distributed.cluster import connect
+        from .distributed.logs import native_stderr_to_log, progress_bars
         from .distributed.regenerate import RayRegenOptions, RayRegenStats, regenerate_ray
-        from .progress import enabled
+        from .progress import bar
 
         timeout = {} if self.engine.resource_timeout_s is None else {"resource_timeout_s":
                                                                      self.engine.resource_timeout_s}
         opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
-                               address=self.engine.address, progress=enabled(), **timeout)
+                               address=self.engine.address, progress=progress_bars(), **timeout)
         stats = RayRegenStats()
-        new = list(regenerate_ray(job, pending_units(unit_count(self.inp, self.opts.shard_rows), done), opts, stats))
+        pending = pending_units(unit_count(self.inp, self.opts.shard_rows), done)
+        if pending:  # Ray's start-up lines come before the bar, not through it
+            connect(opts.address)
+        new, actors = [], max(1, min(opts.actors, len(pending)))
+        with native_stderr_to_log(), bar(self.inp.info.count, f"{method}: protect (Alg. 4, Ray Data × {actors})",
+                                         unit="img") as pb:
+            pb.update(sum(r.rows for r in done.values()))
+            for result in regenerate_ray(job, pending, opts, stats):
+                new.append(result)
+                pb.update(result.rows)
         if not new:
             return new, {}
         images = sum(r.rows for r in new)
@@ -282,6 +296,7 @@ def checkpoint_location(req: ProtectRequest, out: Location) -> str:
 def protect(req: ProtectRequest) -> Manifest:
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
+    check_stream(inp, req.stream)
     run = Run.open(inp, req.output(), req.engine(), t_start)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
     engine = run.engine

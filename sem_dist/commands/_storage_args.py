@@ -46,6 +46,13 @@ def add_ray_arguments(g, train: bool) -> None:
     g.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
 
 
+def add_verbose_argument(p) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output on the console (its INFO lines, Ray Data's progress blocks, workers' "
+                        "stdout/stderr); by default it goes to Ray's log files and one line says where "
+                        "(same as SEM_DIST_DEBUG=1, which also shows tracebacks)")
+
+
 def resource_timeout(args) -> float | None:
     """``--resource-timeout`` validated (None: the default)."""
     if args.resource_timeout is not None and args.resource_timeout < 0:

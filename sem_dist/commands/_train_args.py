@@ -15,7 +15,8 @@ def add_ray_train_arguments(g) -> None:
                         "(NFS, EFS, ...); without it a local folder is refused on a multi-node cluster")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="Ray Train workers stream the input from storage through Ray Data instead of one in-memory "
-                        "copy in the object store (default: stream inputs of 256 MiB of pixels or more)")
+                        "copy in the object store (default: stream inputs of 256 MiB of pixels or more, and those of "
+                        "unknown size; never digits, mnist: or cifar: files, which load in this process)")
 
 
 def ray_train_request_fields(args) -> dict:

@@ -10,7 +10,8 @@ DEST. Images keep their pixels exactly (PNG).
 """
 from __future__ import annotations
 
-from ._storage_args import URI_HELP, add_bad_record_argument, add_storage_arguments, storage_options
+from ._storage_args import (URI_HELP, add_bad_record_argument, add_storage_arguments, add_verbose_argument,
+                            storage_options)
 
 NAME = "convert"
 HELP = "convert digits / MNIST / CIFAR / an image folder / a canonical dataset to canonical Parquet shards"
@@ -32,6 +33,7 @@ def add_arguments(p) -> None:
                    help="Ray cluster address (implies --ray); default: $RAY_ADDRESS, else an embedded local Ray")
     add_bad_record_argument(p)
     add_storage_arguments(p)
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

@@ -21,6 +21,7 @@ DEMO_OVERRIDES = {"trainer.arch": "small_cnn", "trainer.steps": 60, "trainer.bat
 
 def add_arguments(p) -> None:
     from ..demo import DemoSettings
+    from ._storage_args import add_verbose_argument
 
     d = DemoSettings()
     p.add_argument("--out", default=d.out, help="output folder, reused on every run (default: %(default)s)")
@@ -42,6 +43,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=d.device,
                    help="the tasks' device: auto (a GPU per task where the Ray cluster has GPUs), cpu or cuda "
                         "(default: %(default)s)")
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._storage_args import URI_HELP, add_storage_arguments, storage_options
+from ._storage_args import URI_HELP, add_storage_arguments, add_verbose_argument, storage_options
 
 NAME = "evaluate"
 HELP = "train victims on (protected) data and report clean test accuracy"
@@ -110,6 +110,7 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     add_storage_arguments(p)
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

@@ -15,14 +15,16 @@ parquet: and webdataset: sources, decoded and resized in the actors), byte-ident
 output for the same seed.
 
 --data takes any source spec ``convert`` takes (a canonical URI, digits, cifar10:DIR, ...); for sources
-with splits the train split is protected unless ``?split=NAME`` says otherwise. --out must be new or
+with splits the train split is protected unless ``?split=NAME`` says otherwise (a source with one split:
+that split). digits, mnist: and cifar: files load in this process: with --workers they reach Ray Train
+through the object store and are regenerated here (stderr says so). --out must be new or
 empty; --resume continues an interrupted run (generator checkpoint and finished shards are kept in
 OUT/_staging, or in a local cache folder / --checkpoint-dir for remote outputs).
 """
 from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
-                            add_storage_arguments, check_counts, storage_options)
+                            add_storage_arguments, add_verbose_argument, check_counts, storage_options)
 from ._train_args import add_ray_train_arguments, ray_train_request_fields
 
 NAME = "protect"
@@ -83,6 +85,7 @@ def add_arguments(p) -> None:
     add_output_arguments(g)
     add_bad_record_argument(p)
     add_storage_arguments(p)
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

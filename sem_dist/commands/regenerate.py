@@ -14,7 +14,8 @@ an interrupted run: every finished unit is kept and each input id is written exa
 from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
-                            add_storage_arguments, check_counts, resource_timeout, storage_options, summary)
+                            add_storage_arguments, add_verbose_argument, check_counts, resource_timeout,
+                            storage_options, summary)
 
 NAME = "regenerate"
 HELP = "apply a trained generator to a dataset (Algorithm 4 only) and write a protected copy"
@@ -31,6 +32,7 @@ def add_arguments(p) -> None:
     add_output_arguments(g)
     add_bad_record_argument(p)
     add_storage_arguments(p)
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 
-from ._storage_args import URI_HELP, add_storage_arguments
+from ._storage_args import URI_HELP, add_storage_arguments, add_verbose_argument
 
 NAME = "tune"
 HELP = "search ρ_r, J, M (any config field) by victim accuracy on Ray Tune"
@@ -74,6 +74,7 @@ def add_arguments(p) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     add_storage_arguments(p)
+    add_verbose_argument(p)
 
 
 def run(args) -> int:

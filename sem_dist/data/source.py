@@ -42,12 +42,18 @@ class Source(ABC):
     def split(self, name: str) -> Split:
         ...
 
-    def resolve_split(self, name: str | None) -> str:
+    def resolve_split(self, name: str | None, prefer: str | None = None) -> str:
+        """The split ``name`` names; without a name, the only split of a source that has one, else
+        ``prefer`` when the source has it (``protect`` prefers ``train``), else a one-line error."""
         names = self.split_names()
         if names == [""]:
             if name:
                 raise DataError(f"{self.display}: has no splits (asked for {name!r})")
             return ""
+        if not name and len(names) == 1:
+            return names[0]
+        if not name and prefer in names:
+            return prefer
         if not name:
             raise DataError(f"{self.display}: has splits {', '.join(names)}; choose one (e.g. ?split={names[0]})")
         if name not in names:

@@ -20,16 +20,20 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     from ..allocator import worker_env
     from ..data.storage import refuse_credentials
+    from . import logs  # Ray's own console output goes to its log files unless SEM_DIST_DEBUG / --verbose
 
     # every worker of this job (Train, Data, Tune, tasks) starts with this package's malloc settings
     runtime_env = {"env_vars": worker_env()}
     address = address or os.environ.get("RAY_ADDRESS")
+    logs.before_init()
     if address:
-        ray.init(address=refuse_credentials(address, "--address"), log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=refuse_credentials(address, "--address"), log_to_driver=logs.verbose(),
+                 runtime_env=runtime_env)
     else:
         # RAY_AUTH_MODE unset: ray.init turns token auth on for the cluster it starts and creates the token
         # (enable_token_auth_by_default in Ray 2.60). Setting the variable here instead would come too late:
         # Ray reads it at import, and a GCS started in token mode without a token aborts.
         # address="local": always a new embedded cluster, never one a `ray start` on this machine left behind
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 log_to_driver=True, runtime_env=runtime_env)
+                 log_to_driver=logs.verbose(), runtime_env=runtime_env)
+    logs.after_init()

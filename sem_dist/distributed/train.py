@@ -20,6 +20,7 @@ See docs/ray-train.md for what the buffer changes compared with a full permutati
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -50,6 +51,7 @@ class RayTrainOptions:
     shuffle_buffer_rows: int = DEFAULT_SHUFFLE_BUFFER_ROWS  # per worker, streamed datasets only
     on_bad_record: str = "fail"  # streamed datasets: rows whose "error" is set fail the run or are left out
     stop_after: int | None = None  # end after this many steps with a checkpoint (the run stays resumable)
+    progress: bool = False  # a progress bar in the driver over rank 0's steps (protect's fit stage)
 
 
 def uses_ray_train(workers: int, checkpoint_uri: str | None) -> bool:
@@ -142,6 +144,7 @@ def _worker_loop(config: dict) -> None:
     total = cfg.trainer.steps
     stop_at = min(total, resumed_from + config["stop_after"]) if config["stop_after"] else total
     t0 = last_log = time.monotonic()
+    steps_seen, last_seen = config.get("steps_seen") if rank == 0 else None, 0.0
     if rank == 0:
         fed = "in-memory data" if stream is None else f"a streamed shard per worker ({config['batch_rows']} rows/step)"
         print(f"[sem-dist] Algorithm 1 on {world} worker(s), {device}, {fed}: steps {resumed_from}→{total}",
@@ -151,6 +154,9 @@ def _worker_loop(config: dict) -> None:
         now = time.monotonic()
         rate = (training.step - resumed_from) / max(now - t0, 1e-9)
         stopping = training.step >= stop_at
+        if steps_seen is not None and (now - last_seen >= 0.5 or stopping):
+            last_seen = now
+            steps_seen.put.remote(training.step, float(stats["loss"]), float(stats["acc"]))
         if rank == 0 and (now - last_log >= config["log_every_s"] or stopping):
             last_log = now
             print(f"[sem-dist] step {training.step}/{total} · {rate:.2f} steps/s · "
@@ -224,12 +230,73 @@ def _bad_record(exc: BaseException) -> DataError | None:
     return DataError(printed.group(1)) if printed else None
 
 
+class StepsSeen:
+    """Rank 0's latest (step, loss, acc), for the driver's progress bar: Ray Train V2 keeps the reports in
+    its controller actor, out of the driver's sight. A zero-CPU actor; rank 0 tells it twice a second."""
+
+    def __init__(self) -> None:
+        self.latest: tuple[int, float, float] | None = None
+
+    def put(self, step: int, loss: float, acc: float) -> None:
+        self.latest = (step, loss, acc)
+
+    def get(self) -> tuple[int, float, float] | None:
+        return self.latest
+
+
+@contextlib.contextmanager
+def _driver_bar(total: int, desc: str, steps_seen):
+    """While Ray Train runs: a bar in the driver (as the in-process loop draws), polled from ``steps_seen``
+    every second by a thread; nothing without it."""
+    if steps_seen is None:
+        yield
+        return
+    import threading
+
+    import ray
+
+    from ..progress import bar
+
+    stop = threading.Event()
+    with bar(total, desc, unit="step") as pb:
+        shown = [None]
+
+        def show() -> None:
+            latest = ray.get(steps_seen.get.remote(), timeout=10)
+            if latest is not None and latest != shown[0]:
+                shown[0] = latest
+                pb.n = latest[0]
+                pb.set_postfix(loss=f"{latest[1]:.3f}", acc=f"{latest[2]:.2f}", refresh=False)
+                pb.refresh()
+
+        def poll() -> None:
+            while not stop.wait(1.0):
+                try:
+                    show()
+                except Exception:  # a slow actor start, a restart: the next poll tries again
+                    pass
+
+        thread = threading.Thread(target=poll, name="sem-dist-train-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=15)
+            try:
+                show()
+            except Exception:
+                pass
+            ray.kill(steps_seen)
+
+
 def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
                   info=None, callbacks: list | None = None) -> tuple[dict, dict]:
     """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics.
     ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``;
     ``callbacks`` are ``ray.train.UserCallback``s of the run's controller (a Tune trial driving the run
     passes one that forwards its reports to Tune)."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -251,6 +318,9 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
         raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
                               "pass --resume to continue it or choose another name")
     feed, datasets, dataset_config = _feed_config(data, info, cfg, opts)
+    steps_seen = ray.remote(num_cpus=0)(StepsSeen).remote() if opts.progress else None
+    if steps_seen is not None:
+        feed["steps_seen"] = steps_seen
     use_gpu = g > 0
     resources = {"CPU": c, **({"GPU": g} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -268,7 +338,8 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
     )
     try:
-        result = trainer.fit()
+        with _driver_bar(cfg.trainer.steps, f"{cfg.method}: generator (Alg. 1, Ray Train × {w})", steps_seen):
+            result = trainer.fit()
     except Exception as exc:
         bad = _bad_record(exc)
         if bad is None:

@@ -5,6 +5,8 @@ On Ray Train the data reaches the workers one of two ways: small inputs (below `
 pixels) are loaded once and put into the object store, exactly as the in-process loop samples them;
 larger ones (or any, with ``--stream``) stream from storage through Ray Data (``distributed.dataset.
 read_rows``), so neither the driver nor any worker ever holds the whole split (docs/ray-train.md).
+Sources Ray Data cannot read (bundled digits, ``mnist:``/``cifar10:``/``cifar100:`` files, all small) always
+take the object store. Either way one line on stderr says which.
 
 The fitted method is then saved as one small checkpoint (:func:`save_method`) next to the output's
 staging area: regeneration workers load it from there, and ``--resume`` skips fitting when it exists.
@@ -27,6 +29,8 @@ from .read import Input, load_arrays
 
 METHOD_CHECKPOINT = "method.pt"
 STREAM_MIN_BYTES = 256 << 20  # pixels below this go into the object store once; above, they stream
+NOT_RAY_READABLE = ("Ray Data reads canonical datasets, imagefolder:, parquet: and webdataset:; bundled digits "
+                    "and mnist:/cifar: files are small and read here")
 
 
 @dataclass
@@ -54,20 +58,47 @@ def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         method = fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume)
         return method, {"workers": 1, "feed": "in-process"}
     from ..distributed.train import RayTrainOptions, fit_method_distributed
+    from ..progress import enabled
 
     timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
     opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,
                            cpus_per_worker=plan.cpus_per_worker, shared_fs=plan.shared_fs, resume=plan.resume,
                            storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
-                           s3_profile=plan.storage.s3_profile, on_bad_record=policy.mode, **timeout)
-    if streams(cfg, inp, plan):
+                           s3_profile=plan.storage.s3_profile, on_bad_record=policy.mode, progress=enabled(),
+                           **timeout)
+    stream = streams(cfg, inp, plan)
+    _say_feed(cfg, inp, plan, stream)
+    if stream:
         from ..distributed.dataset import read_rows
 
-        ds, info = read_rows(inp.spec, plan.storage)
+        # the split open_input chose (?split=, the only one, or train), not the spec's bare default
+        ds, info = read_rows(inp.spec, plan.storage, inp.split.name or None)
         method, metrics = fit_method_distributed(cfg, ds, device, opts, plan.address, info=info)
         return method, {**metrics, "feed": "ray-data"}
     method, metrics = fit_method_distributed(cfg, load_arrays(inp, policy), device, opts, plan.address)
     return method, {**metrics, "feed": "object-store"}
+
+
+def _say_feed(cfg: ProtectConfig, inp: Input, plan: FitPlan, stream: bool) -> None:
+    """One line saying how Ray Train gets the data (methods without a generator say so themselves)."""
+    import sys
+
+    from ..perturb.methods import MinMinMax
+
+    if cfg.method not in MinMinMax.names:
+        return
+    how = ("streamed from storage through Ray Data" if stream else
+           "loaded in this process and put in Ray's object store once")
+    why = "" if stream or inp.ray_readable else f" ({NOT_RAY_READABLE})"
+    print(f"sem-dist: Algorithm 1 on Ray Train ({plan.workers} worker(s)): {inp.split.display} {how}{why}",
+          file=sys.stderr)
+
+
+def check_stream(inp: Input, stream: bool | None) -> None:
+    """``--stream`` of a source Ray Data cannot read: one line naming it (called before anything is written)."""
+    if stream and not inp.ray_readable:
+        raise DataError(f"--stream: {inp.split.display} cannot stream ({NOT_RAY_READABLE}; "
+                        "run `sem-dist convert` first)")
 
 
 def streams(cfg: ProtectConfig, inp: Input, plan: FitPlan) -> bool:
@@ -76,6 +107,9 @@ def streams(cfg: ProtectConfig, inp: Input, plan: FitPlan) -> bool:
     from ..perturb.methods import MinMinMax
 
     ok = cfg.method in MinMinMax.names and cfg.trainer.batch_size % plan.workers == 0
+    if not inp.ray_readable:  # bundled digits, mnist:, cifar10:, cifar100: files are small and read here
+        check_stream(inp, plan.stream)
+        return False
     if plan.stream is not None:
         if plan.stream and not ok:
             raise ValueError(f"--stream needs an Algorithm-1 method and a batch size divisible by --workers "

@@ -35,15 +35,21 @@ class Input:
     def canonical(self) -> bool:
         return self.info.manifest is not None
 
+    @property
+    def ray_readable(self) -> bool:
+        """Whether Ray Data can read this split on its own workers (``distributed.dataset.read_rows``):
+        canonical datasets and file-backed sources. Bundled digits and mnist:/cifar: files are read here."""
+        return self.canonical or self.plan is not None
+
 
 def open_input(spec: str, storage: StorageOptions) -> Input:
-    """The split ``spec`` names (the train split of sources with splits unless ``?split=`` says otherwise).
+    """The split ``spec`` names: ``?split=``, else the only split, else ``train`` (a source with several
+    splits and no train needs ``?split=``).
     Canonical data is described from its manifest alone, file-backed sources from their plan (a listing,
     and one decoded image unless ``?size=`` fixes the geometry); other sources decode their first chunk."""
     parsed = parse_spec(spec)
     source = open_source(parsed, storage)
-    default = "train" if "train" in source.split_names() else None
-    name = source.resolve_split(parsed.split or default)
+    name = source.resolve_split(parsed.split, prefer="train")
     if isinstance(source, PLAN_SOURCES):
         plan = source.plan(name)
         image = plan.image_spec()
