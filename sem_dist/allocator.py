@@ -9,7 +9,10 @@ same code ran twice as fast in a process that happened to have freed one large a
 raised its threshold). PyTorch's CPU tuning guide answers this with jemalloc or tcmalloc through
 ``LD_PRELOAD``; glibc's own tunables do the same without a new dependency: no mmap for large blocks, keep up
 to 1 GiB of free heap instead of trimming it, and grow the heap 256 MiB at a time. The cost is memory a
-process keeps after its peak (up to ``TRIM_THRESHOLD`` of it free).
+process keeps after its peak (up to ``TRIM_THRESHOLD`` of it free). No setting here can make an allocation
+fail: ``M_MMAP_MAX = 0`` stops glibc serving a large block with its own mmap, not mapping memory; where the heap
+cannot grow by ``brk``, glibc's ``sysmalloc`` maps the main arena's new space anyway (ignoring the mmap limits)
+and a thread arena maps a block no heap can hold (tests/test_allocator.py walls the heap off and allocates 1 GiB).
 
 This process is set with ``mallopt`` (:func:`tune_this_process`, from the CLI and the benchmarks); Ray workers
 get the same values as environment variables (:func:`worker_env`, in the job's runtime environment), which

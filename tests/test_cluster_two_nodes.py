@@ -7,6 +7,11 @@ secret planted there must not appear in any file, log, manifest or checkpoint th
 
 Both nodes start once for the module and are stopped (their process groups, then any process still
 naming their temp dir) at the end.
+
+A second pair (``one_machine``) shares one temp dir, as two ``ray start`` on one machine do by default
+(``/tmp/ray``): there the runtime-env agent of the node that meets a job second deletes and unpacks again the
+job's working_dir the driver runs in. The whole digits train split goes through ``jobs/protect.py`` with one
+and with two Train workers on it.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +71,11 @@ class TwoNodes:
             body = resp.read().decode()
         return json.loads(body) if body[:1] in "[{" else body
 
-    def submit(self, *entrypoint: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        """The documented command: ``ray job submit --address … --working-dir . -- python jobs/…``."""
+    def submit(self, *entrypoint: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+        """The documented command: ``ray job submit --address … --working-dir . -- python jobs/…``, run in
+        ``cwd`` (the repository, or a copy of it)."""
         return subprocess.run([RAY, "job", "submit", "--address", self.dashboard, "--working-dir", ".", "--",
-                               "python", *entrypoint], cwd=REPO, env=env or self.client_env, capture_output=True,
+                               "python", *entrypoint], cwd=cwd, env=env or self.client_env, capture_output=True,
                               text=True, timeout=900)
 
 
@@ -114,8 +121,10 @@ def _stop(procs: list[subprocess.Popen], root: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def two_nodes(moto_endpoint):
+@contextmanager
+def _cluster(moto_endpoint: str, shared_temp_dir: bool = False):
+    """A head and a second node on loopback; each with its own temp dir (as on two machines), or both in the
+    head's (``shared_temp_dir``: two ``ray start`` on one machine without ``--temp-dir``)."""
     root = Path(tempfile.mkdtemp(prefix="sdray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     (root / "home").mkdir()
     env = _ray_env(root, moto_endpoint)
@@ -140,16 +149,23 @@ def two_nodes(moto_endpoint):
         procs.append(_start(["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(agent),
                              "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_env),
                              "--metrics-export-port", str(metrics), "--num-cpus", "1",
-                             "--resources", '{"sem_second": 1}', "--temp-dir", str(root / "second")],
+                             "--resources", '{"sem_second": 1}',
+                             "--temp-dir", str(root / ("head" if shared_temp_dir else "second"))],
                             node_env, root / "second.log"))
         _wait(lambda: len(_alive(nodes)) == 2, procs, root)
         for node in _alive(nodes):
-            name = "head" if "sem_head" in node["resources_total"] else "second"
+            name = "head" if shared_temp_dir or "sem_head" in node["resources_total"] else "second"
             nodes.node_dirs[node["node_id"]] = root / name
         yield nodes
     finally:
         _stop(procs, root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(moto_endpoint):
+    with _cluster(moto_endpoint) as nodes:
+        yield nodes
 
 
 def _alive(nodes: TwoNodes) -> list[dict]:
@@ -301,3 +317,91 @@ def test_planted_secret_appears_nowhere(two_nodes, protect_job):
     logs = two_nodes.get(f"/api/jobs/{job_id(done.stdout)}/logs")["logs"]
     assert logs and PLANTED not in logs and two_nodes.token not in logs
     assert PLANTED not in done.stdout + done.stderr
+
+
+# ---- two nodes sharing one temp dir, the digits train split (1,437 images) S3 → S3 ----------------------
+
+# small per-step work (the failure this guards against comes before any of it), the whole dataset regenerated
+DIGITS_RUN = ["--arch", "small_cnn", "--steps", "2", "--ku", "1", "--samples", "1", "--ka", "1", "--batch-size", "32",
+              "--rho-a", "2/255", "--device", "cpu"]
+REENTERED = "[job] a node unpacked the job's working_dir again over this driver's"
+
+
+@pytest.fixture(scope="module")
+def one_machine(moto_endpoint, digits):
+    """Two nodes in one temp dir, as ``ray start --head`` then ``ray start --address`` on one machine leave
+    them; the digits train split in the bucket. (nodes, bucket, the client's S3 variables)."""
+    bucket = "one-machine"
+    s3 = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": "client-side", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_ENDPOINT_URL": moto_endpoint}
+    saved = {k: os.environ.get(k) for k in s3}
+    os.environ.update(s3)
+    try:
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        save_dataset(digits[0], f"s3://{bucket}/digits/train")
+        with _cluster(moto_endpoint, shared_temp_dir=True) as nodes:
+            yield nodes, bucket, s3
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _checkout_copy(dst: Path, label: str) -> Path:
+    """The repository's files plus one file naming the case: its own package, so each submission is new to
+    both nodes' runtime-env agents (a package an agent has unpacked once it reuses)."""
+    # what Ray leaves out anyway (.git, .venv and .gitignore's outputs) is not copied
+    left_out = (".git", ".venv", "__pycache__", ".pytest_cache", "*.egg-info", "sem-dist-demo", "efficacy-results",
+                "build")
+    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(*left_out))
+    (dst / ".test-case").write_text(label)
+    return dst
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_protect_job_on_digits_with_nodes_sharing_a_temp_dir(one_machine, digits, workers, tmp_path, monkeypatch):
+    """Before the fix every such job died as the driver imported torch, right after its `[job] node` lines:
+    `Intel oneMKL FATAL ERROR: Cannot load …/torch/lib/libtorch_cpu.so.` (its working directory had been
+    deleted, see sem_dist/distributed/jobs.py reenter_working_dir)."""
+    nodes, bucket, s3 = one_machine
+    out = f"s3://{bucket}/protected-w{workers}"
+    done = nodes.submit("jobs/protect.py", "--data", f"s3://{bucket}/digits/train", "--out", out,
+                        "--workers", str(workers), *DIGITS_RUN,
+                        cwd=_checkout_copy(tmp_path / "checkout", f"workers={workers}"))
+    logs = done.stdout[-4000:] + done.stderr[-3000:]
+    assert done.returncode == 0, logs
+    assert nodes.get(f"/api/jobs/{job_id(done.stdout)}")["status"] == "SUCCEEDED"
+    assert "FATAL" not in done.stdout
+    # the set-up did what it is here for: the second node's agent replaced the driver's directory
+    assert REENTERED in done.stdout, logs
+    assert f"[job] manifest: {out}/manifest.json" in done.stdout
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    got = load_dataset(out)
+    train = digits[0]
+    assert len(train) == 1437 and got.ids == train.ids and got.labels.tolist() == train.labels.tolist()
+    manifest = got.meta["manifest"]
+    assert manifest["count"] == 1437
+    assert manifest["protection"]["train_workers"] == workers
+    assert manifest["protection"]["regeneration"]["engine"] == "ray-data"
+    diff = got.images.astype(int) - train.images.astype(int)
+    assert abs(diff).max() <= 8 and (diff != 0).any()  # ρ_u = 8/255, and noise is there
+
+
+def test_reenter_working_dir_steps_into_the_directory_unpacked_again(tmp_path, monkeypatch):
+    from sem_dist.distributed.jobs import reenter_working_dir, working_dir
+
+    pkg = tmp_path / "_ray_pkg_0123"
+    pkg.mkdir()
+    monkeypatch.chdir(pkg)
+    assert working_dir() == str(pkg) and not reenter_working_dir(str(pkg))  # still the same directory: stays
+    shutil.rmtree(pkg)  # what another node's runtime-env agent does, then it unpacks the package again
+    pkg.mkdir()
+    with pytest.raises(FileNotFoundError):
+        os.getcwd()
+    assert reenter_working_dir(str(pkg)) and os.getcwd() == str(pkg)
+    shutil.rmtree(pkg)
+    assert not reenter_working_dir(str(pkg))  # gone for good: nothing to step into

@@ -3,7 +3,8 @@
 submitted to.
 
 Inside a Ray job ``RAY_ADDRESS`` is set: the entry point joins that cluster, reports which copy of
-``sem_dist`` every node imports (the job's ``working_dir``, see docs/cluster.md), runs the command, then
+``sem_dist`` every node imports (the job's ``working_dir``, see docs/cluster.md), steps back into its working
+directory should a node have unpacked it again meanwhile (:func:`reenter_working_dir`), runs the command, then
 prints where every output went. Failures end the job with the CLI's one line,
 ``jobs/<command>.py: error: MESSAGE``, and exit status 1 (Ray marks the job FAILED).
 
@@ -75,7 +76,10 @@ def report_package() -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0)
+    # max_calls=1: the worker exits after its one call. A worker on a node whose copy of the working_dir another
+    # node's agent unpacks again later (see reenter_working_dir) is left in a deleted directory; reused by a
+    # later task of this job it would die at `import torch`.
+    @ray.remote(num_cpus=0, max_calls=1)
     def where() -> tuple[str, str]:
         import sem_dist
 
@@ -91,6 +95,43 @@ def report_package() -> None:
         print(f"[job] node {node}: {text}", flush=True)
     if pending:
         print(f"[job] {len(pending)} node(s) did not answer within 120 s", flush=True)
+
+
+def working_dir() -> str | None:
+    """This process's working directory by name (``$PWD`` if it is already gone)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return os.environ.get("PWD")
+
+
+def reenter_working_dir(path: str | None) -> bool:
+    """Step into ``path`` again when the directory this process runs in is no longer the one there.
+
+    A job's driver runs in the job's working_dir, which the Ray runtime-env agent of the driver's node
+    unpacked. Ray nodes that share one temp dir (two ``ray start`` on one machine without ``--temp-dir``
+    share ``/tmp/ray``) share ``runtime_resources/``, and each node's agent, the first time a task of the job
+    lands on it, deletes the directory and unpacks the package again at the same path (Ray 2.60:
+    ``WorkingDirPlugin.create`` calls ``download_and_unpack_package(..., overwrite=True)``, which
+    ``rmtree``s it). The driver is then left in a deleted directory: ``getcwd()`` fails with ENOENT, a
+    relative path opens nothing, and ``import torch`` ends the process with ``Intel oneMKL FATAL ERROR:
+    Cannot load …/torch/lib/libtorch_cpu.so.`` (MKL's loader, a constructor in libtorch_cpu.so, calls
+    ``getcwd`` and exits with status 2 when it fails). Called once every node has unpacked the package
+    (:func:`report_package` waits for a task on each), this moves the driver into the new copy.
+    True when it did."""
+    if not path:
+        return False
+    try:
+        there = os.stat(path)
+    except OSError:  # the path itself is gone: nothing to step into
+        return False
+    try:
+        if os.path.samestat(os.stat("."), there):
+            return False
+    except OSError:
+        pass
+    os.chdir(path)
+    return True
 
 
 def report_outputs(command: str, args: argparse.Namespace) -> None:
@@ -117,6 +158,7 @@ def main(command: str, argv: list[str] | None = None) -> int:
         print(f"{prog}: error: `sem-dist {command}` is not built yet in this version of sem_dist", file=sys.stderr)
         return 2
     args = parse(command, mod, argv)
+    start_dir = working_dir()
 
     def run(a: argparse.Namespace) -> int:
         address = getattr(a, "address", None) or os.environ.get("RAY_ADDRESS")
@@ -124,7 +166,11 @@ def main(command: str, argv: list[str] | None = None) -> int:
             from .cluster import connect
 
             connect(address)
-            report_package()
+            report_package()  # every alive node has unpacked the working_dir once it returns
+            if reenter_working_dir(start_dir):
+                print(f"[job] a node unpacked the job's working_dir again over this driver's ({start_dir}): nodes "
+                      "on one machine share Ray's temp dir; the driver moved into the new copy (give each node "
+                      "its own --temp-dir, see docs/cluster.md)", flush=True)
         code = mod.run(a)
         report_outputs(command, a)
         return code
