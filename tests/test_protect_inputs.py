@@ -76,6 +76,11 @@ def test_a_hugging_face_parquet_folder_is_protected_from_its_train_split_on_ray(
     assert f"Algorithm 1 on Ray Train (2 worker(s)): parquet:{hub}?split=train streamed from storage" in err
     m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert m["count"] == 24 and m["protection"]["train_feed"] == "ray-data"
+    # Ray Data's reads need a CPU beside the workers: a cluster without one is refused at once, not hung
+    code, _, err = cli("protect", "--data", f"parquet:{hub}", "--out", tmp_path / "full", "--workers", "4", *TINY)
+    line = error_line(err)
+    assert code == 1 and "Algorithm 1 streamed through Ray Data (--workers 4 × 1 CPU + 1 CPU for its reads) " \
+        "needs 5 CPUs" in line and "--no-stream" in line
     assert m["protection"]["regeneration"]["engine"] == "ray-data"
     got = load_dataset(str(tmp_path / "ray"))
     assert sorted(got.ids) == sorted(f"train-0000{k}-of-00002.parquet#{i}" for k in range(2) for i in range(12))

@@ -20,7 +20,7 @@ TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "1", "--samples", "1", "-
 # what Ray prints when it has the console: its logging format, worker prefixes, its C++ log lines
 RAY_LINE = re.compile(r"\t(INFO|WARNING|ERROR) \S+\.py:\d+ -- |logging_progress|\((RayTrainWorker|TrainController|"
                       r"PlacementGroupCleaner|MapWorker|SplitCoordinator)[^)]*pid=|core_worker\.cc|PreemptionWatcher|"
-                      r"Reporting training result|^\[\d{4}-\d\d-\d\d [\d:,]+ [EWIF] \d+ \d+\]", re.M)
+                      r"Reporting training result|^\[\d{4}-\d\d-\d\d [\d:,]+ [EWIF] \d+ \d+\]|site-packages/ray/", re.M)
 LOGS_LINE = re.compile(r"^sem-dist: Ray's own logs: (\S+) \(on each node of a cluster; (.*)\)$", re.M)
 
 
@@ -54,12 +54,13 @@ def protect(tmp_path, data, out: str, *flags: str, **env: str) -> tuple[subproce
 
 def test_protect_on_ray_is_quiet_by_default_and_says_where_the_logs_are(ray_cluster, canonical_data, tmp_path):
     address = ray_cluster.get_runtime_context().gcs_address
-    done, pid = protect(tmp_path, canonical_data, "quiet", "--workers", "2", RAY_ADDRESS=address)
+    # --stream: Ray Data feeds Ray Train too (its deprecation warnings, its SplitCoordinator's output)
+    done, pid = protect(tmp_path, canonical_data, "quiet", "--workers", "2", "--stream", RAY_ADDRESS=address)
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
     assert not RAY_LINE.search(console), console[-3000:]
     # our lines: the feed, the log folder (once), one bar per stage, the summary
-    assert "Algorithm 1 on Ray Train (2 worker(s))" in done.stderr
+    assert "Algorithm 1 on Ray Train (2 worker(s))" in done.stderr and "streamed from storage" in done.stderr
     where = LOGS_LINE.findall(done.stderr)
     assert len(where) == 1 and where[0][1] == "SEM_DIST_DEBUG=1 or --verbose shows them here", done.stderr
     logs = Path(where[0][0])
@@ -117,7 +118,8 @@ def test_verbose_flag_of_the_ray_commands_sets_it_for_that_run_only(monkeypatch)
         monkeypatch.delenv(var, raising=False)
     seen = []
     commands = (["protect", "--data", "d", "--out", "o"],
-                ["regenerate", "--generator", "g", "--data", "d", "--out", "o"], ["convert", "digits", "o"], ["evaluate", "--train", "a", "--test", "b"],
+                ["regenerate", "--generator", "g", "--data", "d", "--out", "o"], ["convert", "digits", "o"],
+                ["evaluate", "--train", "a", "--test", "b"],
                 ["tune", "--data", "a", "--test", "b"], ["demo"])
     for argv in commands:
         for flag in ([], ["--verbose"]):

@@ -13,6 +13,7 @@ rank 0's steps, ``protect_dataset`` Algorithm 4's on Ray Data from the finished 
 - Ray Data's driver logger (its ``logging_progress`` blocks, execution plans) keeps only its own file,
   ``<session>/logs/ray-data/ray-data.log``: its console handler is left out (``RAY_DATA_LOGGING_CONFIG``,
   unless the user set one), and its progress bars are off where a stage draws its own;
+- Python warnings raised inside Ray's own modules (``RayDeprecationWarning`` and the like) go there too;
 - the messages the cluster publishes to drivers (``(raylet) WARNING: N PYTHON worker processes have been
   started…``, worker deaths), which Ray prints on stdout even without ``log_to_driver``, go to the driver log
   too (``ray._private.worker.print_to_stdstream``, the one function Ray's error thread prints them with).
@@ -27,6 +28,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 DRIVER_LOG = "sem-dist-driver-{pid}.log"
@@ -96,7 +98,23 @@ def before_init() -> None:
         handler = _DriverLog()
         handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
         ray_logger.addHandler(handler)
+    if not getattr(warnings.showwarning, "_sem_dist", False):
+        warnings.showwarning = _ray_warnings_to_log(warnings.showwarning)
     quiet_ray_data()
+
+
+def _ray_warnings_to_log(show):
+    """``warnings.showwarning`` that sends warnings raised in Ray's own files to the driver log."""
+    ray_dir = os.sep + "ray" + os.sep
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if ray_dir in str(filename):
+            logging.getLogger("ray.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning._sem_dist = True
+    return showwarning
 
 
 def quiet_ray_data() -> None:

@@ -318,6 +318,13 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
         raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
                               "pass --resume to continue it or choose another name")
     feed, datasets, dataset_config = _feed_config(data, info, cfg, opts)
+    if datasets:  # streamed: Ray Data's read tasks need a CPU beside the workers, or the ingest never starts
+        try:
+            wait_for_resources(w * c + 1, w * g, f"Algorithm 1 streamed through Ray Data (--workers {w} × {c:g} CPU "
+                               "+ 1 CPU for its reads)", opts.resource_timeout_s)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; give --no-stream (one in-memory copy), fewer --workers or a smaller "
+                             "--cpus-per-worker") from None
     steps_seen = ray.remote(num_cpus=0)(StepsSeen).remote() if opts.progress else None
     if steps_seen is not None:
         feed["steps_seen"] = steps_seen

@@ -69,8 +69,10 @@ def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
     stream = streams(cfg, inp, plan)
     _say_feed(cfg, inp, plan, stream)
     if stream:
+        from ..distributed.cluster import connect
         from ..distributed.dataset import read_rows
 
+        connect(plan.address)  # before Ray Data's first call, which would otherwise start a default Ray itself
         # the split open_input chose (?split=, the only one, or train), not the spec's bare default
         ds, info = read_rows(inp.spec, plan.storage, inp.split.name or None)
         method, metrics = fit_method_distributed(cfg, ds, device, opts, plan.address, info=info)
