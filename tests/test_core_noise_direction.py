@@ -16,7 +16,8 @@ from sem_dist.perturb.noise import NoiseSpec, solve_noise
 from sem_dist.perturb.pgd import frozen
 from sem_dist.rng import BatchStream, make_generator, uniform_ball
 
-# losses of a solved noise: they move with the CPU's kernels; margins from tests/spread.py
+# Losses of a solved noise move with the CPU's kernels. `python tests/spread.py noise_direction` (seeds 0–2 of
+# model and images × native/AVX2 kernels): SEM and REM move the loss 0.035–0.058 nats either way, EM 0.16–0.33.
 pytestmark = pytest.mark.trained
 
 

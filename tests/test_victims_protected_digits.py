@@ -19,8 +19,11 @@ from sem_dist.config import resolve_config
 from sem_dist.pipeline import protect_arrays
 from sem_dist.victims.train import VictimConfig, train_victim
 
-# every test here asserts on trained victims or generators; thresholds from tests/spread.py
+# Every test here asserts on trained victims or generators. Thresholds are set from `python tests/spread.py
+# digits_victims` (seeds 0, 1, 2 × this CPU's kernels and the AVX2 set, AMD EPYC with AVX-512, 2026-12-04);
+# the measured range of each quantity is written beside its assertion.
 pytestmark = pytest.mark.trained
+
 CPU = torch.device("cpu")
 VICTIM = VictimConfig(arch="small_cnn", steps=120, batch_size=64)  # ≈ 5 epochs of digits, crop + flip
 EM = {"trainer.arch": "small_cnn", "trainer.steps": 40, "trainer.batch_size": 64, "trainer.lr_step": 10 ** 9,
@@ -44,25 +47,28 @@ def clean_acc(digits):
 
 
 def test_clean_victim_learns_digits(clean_acc):
-    assert clean_acc >= 0.90
+    assert clean_acc >= 0.88  # measured 0.911–0.939
 
 
 def test_sem_protection_defeats_standard_training(digits, sem, clean_acc):
     assert np.abs(sem.noise).max() <= 16
-    assert train_victim(VICTIM, sem, digits[1], CPU).test_acc < clean_acc - 0.3
+    assert train_victim(VICTIM, sem, digits[1], CPU).test_acc < clean_acc - 0.3  # clean − SEM measured 0.53–0.72
 
 
-def test_adversarial_training_at_rho_u_recovers_em(digits, em):
+def test_adversarial_training_at_rho_u_recovers_em(digits, em, clean_acc):
     _, data = em
     standard = train_victim(VICTIM, data, digits[1], CPU).test_acc
     # Madry training at ρ_a = ρ_u; 2 PGD steps of ρ_a/2 reach the ball's surface and keep the test affordable
     robust = train_victim(dataclasses.replace(VICTIM, adv_rho=16 / 255, adv_steps=2, adv_alpha_div=2.0),
                           data, digits[1], CPU).test_acc
-    assert standard < 0.4
-    assert robust > 0.8 and robust > standard + 0.4
+    # EM's standard victim alone moves a lot (0.24–0.47 over seeds and kernels): compare it with clean data
+    # under the same seed, which moves much less (clean − EM measured 0.45–0.67)
+    assert standard < clean_acc - 0.3
+    assert robust > 0.85 and robust > standard + 0.3  # robust measured 0.903–0.928; robust − standard 0.44–0.67
 
 
 def test_error_minimizing_noise_is_easy_to_fit(em):
     cfg, data = em  # EM's config: no T, ρ_a = 0, so R_δu is minus the loss of plain training
     clean = data.with_images(data.clean_images(), np.zeros_like(data.noise))
+    # R_δu(EM) − R_δu(clean) measured 0.13–0.32
     assert noise_robustness(data, cfg, CPU, steps=20) > noise_robustness(clean, cfg, CPU, steps=20)
