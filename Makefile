@@ -22,7 +22,7 @@ demo: $(STAMP)
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 	$(AVX2_KERNELS) $(VENV)/bin/python -m pytest -q -m trained
 
 bench: $(STAMP)
