@@ -3,7 +3,7 @@
     .venv/bin/python tests/spread.py [SCENARIO ...] [--seeds 0,1,2] [--json]
 
 Each (scenario, seed, kernel set) runs in a fresh process: ``native`` is this CPU's own kernels, ``avx2``
-the kernels an AVX2-only CPU uses (``AVX2_KERNELS`` below; oneDNN convolutions, MKL matmul and ATen's
+the kernels an AVX2-only CPU uses (``AVX2_KERNELS``, from ``sem_dist.bench.seeds``; oneDNN convolutions, MKL matmul and ATen's
 vectorised math all change results). The seed replaces the seed of every generator and victim the scenario
 trains. The output is one line per quantity: min / mean / max over all runs and the runs themselves; the
 thresholds in the tests are set from these (each test names its scenario and the measured range beside the
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+from sem_dist.bench.seeds import AVX2_KERNELS  # noqa: E402  (one definition of the AVX2 kernel set)
 
 
 def _digits():

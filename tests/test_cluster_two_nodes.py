@@ -193,26 +193,33 @@ def job_id(output: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture(scope="module")
-def protect_job(two_nodes, moto_endpoint, tiny_digits):
-    """One protect job S3 → S3 with two Ray Train workers and S3 checkpoints; (bucket, job output, job id)."""
-    bucket = "two-nodes"
+@contextmanager
+def _client_bucket(moto_endpoint: str, bucket: str):
+    """A user's shell with S3 credentials for the bucket (created here); the variables are restored after."""
     s3 = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": "client-side", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_ENDPOINT_URL": moto_endpoint}
     saved = {k: os.environ.get(k) for k in s3}
     os.environ.update(s3)
     try:
         boto3.client("s3").create_bucket(Bucket=bucket)
-        save_dataset(tiny_digits[0], f"s3://{bucket}/data", shard_rows=16)
-        done = two_nodes.submit("jobs/protect.py", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/prot",
-                                "--workers", "2", "--checkpoint-dir", f"s3://{bucket}/ckpt", *TINY)
-        yield bucket, done, s3
+        yield s3
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def protect_job(two_nodes, moto_endpoint, tiny_digits):
+    """One protect job S3 → S3 with two Ray Train workers and S3 checkpoints; (bucket, job output, job id)."""
+    bucket = "two-nodes"
+    with _client_bucket(moto_endpoint, bucket) as s3:
+        save_dataset(tiny_digits[0], f"s3://{bucket}/data", shard_rows=16)
+        done = two_nodes.submit("jobs/protect.py", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/prot",
+                                "--workers", "2", "--checkpoint-dir", f"s3://{bucket}/ckpt", *TINY)
+        yield bucket, done, s3
 
 
 def test_protect_job_runs_on_both_nodes(two_nodes, protect_job, tiny_digits, monkeypatch):
@@ -332,21 +339,10 @@ def one_machine(moto_endpoint, digits):
     """Two nodes in one temp dir, as ``ray start --head`` then ``ray start --address`` on one machine leave
     them; the digits train split in the bucket. (nodes, bucket, the client's S3 variables)."""
     bucket = "one-machine"
-    s3 = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": "client-side", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_ENDPOINT_URL": moto_endpoint}
-    saved = {k: os.environ.get(k) for k in s3}
-    os.environ.update(s3)
-    try:
-        boto3.client("s3").create_bucket(Bucket=bucket)
+    with _client_bucket(moto_endpoint, bucket) as s3:
         save_dataset(digits[0], f"s3://{bucket}/digits/train")
         with _cluster(moto_endpoint, shared_temp_dir=True) as nodes:
             yield nodes, bucket, s3
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _checkout_copy(dst: Path, label: str) -> Path:
