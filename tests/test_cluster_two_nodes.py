@@ -34,7 +34,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import S3_KEY
+from conftest import S3_KEY, TRAIN_POLL_S
 
 from sem_dist.data import load_dataset, save_dataset
 
@@ -86,7 +86,7 @@ def _ray_env(root: Path, moto: str) -> dict:
     # `python` in a job's entrypoint is the nodes' Python, as in a cluster's image
     # token auth as docs/cluster.md sets it up: RAY_AUTH_MODE=token and the token in ~/.ray/auth_token
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(root / "home"),
-               RAY_AUTH_MODE="token",
+               RAY_AUTH_MODE="token", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=TRAIN_POLL_S,
                RAY_USAGE_STATS_ENABLED="0", SEM_DIST_PROGRESS="0",
                # a busy machine starts Ray's processes slowly: wait for them instead of aborting
                RAY_raylet_start_wait_time_s="300", RAY_gcs_server_port_wait_time_s="300",

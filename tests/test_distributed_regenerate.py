@@ -73,21 +73,6 @@ def test_s3_to_s3_ray_data_equals_in_process(ray_cluster, s3_env, cli, tiny_digi
     assert s3_objects(bucket, "data/") == before
 
 
-def test_protect_on_two_workers_streams_the_input_from_s3(ray_cluster, s3_env, cli, tiny_digits):
-    """protect --workers 2 --stream: Algorithm 1 reads its minibatches through Ray Data (no in-memory copy),
-    regeneration runs on Ray Data, checkpoints live in the output's staging area and go with it."""
-    _, bucket = s3_env
-    save_dataset(tiny_digits[0], f"s3://{bucket}/data", shard_rows=16)
-    code, out, err = cli("protect", "--data", f"s3://{bucket}/data", "--out", f"s3://{bucket}/out", *TINY,
-                         "--workers", "2", "--stream")
-    assert code == 0, err
-    m = json.loads(s3_objects(bucket, "out/")["manifest.json"])
-    p = m["protection"]
-    assert (p["train_feed"], p["train_workers"], p["regeneration"]["engine"]) == ("ray-data", 2, "ray-data")
-    assert m["count"] == 40 and sorted(shard_ids(s3_objects(bucket, "out/"))) == sorted(tiny_digits[0].ids)
-    assert not [k for k in s3_keys(bucket, "out/") if "_staging" in k]
-
-
 def test_killed_regeneration_resumes_every_id_once(ray_cluster, s3_env, cli, digits, tmp_path):
     """`sem-dist regenerate` on Ray Data from a saved generator, its driver SIGKILLed after a shard is in the
     ledger; --resume completes it, each id exactly once, the same bytes protect wrote in-process."""

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import boto3
 import pytest
 
 TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "1", "--samples", "1", "--ka", "1", "--batch-size", "16",
@@ -38,10 +39,9 @@ def canonical_data(tmp_path, tiny_digits):
     return tmp_path / "data"
 
 
-def protect(tmp_path, data, out: str, *flags: str, **env: str) -> tuple[subprocess.CompletedProcess, int]:
+def protect(data, out, *flags: str, **env: str) -> tuple[subprocess.CompletedProcess, int]:
     """``sem-dist protect`` in a subprocess: (its exit code and whole output, its pid)."""
-    cmd = [sys.executable, "-m", "sem_dist", "protect", "--data", str(data), "--out", str(tmp_path / out), *TINY,
-           *flags]
+    cmd = [sys.executable, "-m", "sem_dist", "protect", "--data", str(data), "--out", str(out), *TINY, *flags]
     with subprocess.Popen(cmd, env=driver_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as proc:
         try:
@@ -52,10 +52,18 @@ def protect(tmp_path, data, out: str, *flags: str, **env: str) -> tuple[subproce
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), proc.pid
 
 
-def test_protect_on_ray_is_quiet_by_default_and_says_where_the_logs_are(ray_cluster, canonical_data, tmp_path):
+def test_streamed_protect_from_s3_on_ray_is_quiet_and_says_where_the_logs_are(ray_cluster, s3_env, tiny_digits):
+    """protect --workers 2 --stream, S3 → S3: Algorithm 1 reads its minibatches through Ray Data (no in-memory
+    copy), regeneration runs on Ray Data, checkpoints live in the output's staging area and go with it — and
+    the console has our lines only."""
+    from sem_dist.data import load_dataset, save_dataset
+
+    _, bucket = s3_env  # the driver inherits the test's S3 variables
+    save_dataset(tiny_digits[0], f"s3://{bucket}/data", shard_rows=20)  # 2 shards: 2 regeneration units
     address = ray_cluster.get_runtime_context().gcs_address
     # --stream: Ray Data feeds Ray Train too (its deprecation warnings, its SplitCoordinator's output)
-    done, pid = protect(tmp_path, canonical_data, "quiet", "--workers", "2", "--stream", RAY_ADDRESS=address)
+    done, pid = protect(f"s3://{bucket}/data", f"s3://{bucket}/out", "--workers", "2", "--stream",
+                        RAY_ADDRESS=address)
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
     assert not RAY_LINE.search(console), console[-3000:]
@@ -75,10 +83,17 @@ def test_protect_on_ray_is_quiet_by_default_and_says_where_the_logs_are(ray_clus
     assert "core_worker.cc" in driver_log and "MapWorker(MapBatches(UnitRegenerator))" in driver_log
     assert "Execution plan of Dataset" in (logs / "ray-data" / "ray-data.log").read_text()
 
+    got = load_dataset(f"s3://{bucket}/out")
+    p = got.meta["manifest"]["protection"]
+    assert (p["train_feed"], p["train_workers"], p["regeneration"]["engine"]) == ("ray-data", 2, "ray-data")
+    assert sorted(got.ids) == sorted(tiny_digits[0].ids) and got.meta["manifest"]["count"] == 40
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    assert not [k for k in keys if "_staging" in k], keys
+
 
 def test_sem_dist_debug_brings_rays_output_back(ray_cluster, canonical_data, tmp_path):
     address = ray_cluster.get_runtime_context().gcs_address
-    done, _ = protect(tmp_path, canonical_data, "loud", "--regen-actors", "1", RAY_ADDRESS=address,
+    done, _ = protect(canonical_data, tmp_path / "loud", "--regen-actors", "1", RAY_ADDRESS=address,
                       SEM_DIST_DEBUG="1")
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
