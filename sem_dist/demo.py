@@ -13,7 +13,7 @@
 
 Seed ``s`` seeds both the generator and the victims of its row, so the spread covers both sources of
 variation (docs/evidence.md measures each alone). Scale: the CPU-scale generator of docs/evidence.md (small
-CNN, batch 64, K_u = 5, J = 2, K_a = 3) at ρ_u = 16/255 — at this scale 8/255 protects nothing.
+CNN, batch 64, K_u = 5, K_a = 3; M = 100, J = 1) at ρ_u = 16/255 — at this scale 8/255 protects nothing.
 """
 from __future__ import annotations
 
@@ -37,21 +37,24 @@ class DemoSettings:
     methods: tuple[str, ...] = ("sem", "rem")
     seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a generator per method and the victims of its row
     # generator (Algorithm 1 / 4): docs/evidence.md's CPU scale; the paper's Table 9 values in comments
-    steps: int = 200  # M (paper 5000): at 16/255 protection grows with M up to ~200-300 here
+    # M, J and the victims' epochs are sized for ~10 min on 2 cores with three seeds (docs/demo.md): SEM and REM
+    # protect as much at M = 100 as at 200 against adversarial training (docs/evidence.md §3), less against standard
+    steps: int = 100  # M (paper 5000)
     rho_u: str = "16/255"  # paper 8/255: protects nothing at CPU scale (docs/evidence.md)
     rho_a: str = "4/255"  # the generator's ρ_a (= ρ_r) and the adversarially trained victim's
     arch: str = "small_cnn"  # paper ResNet-18
     batch_size: int = 64  # paper 128
     solver_steps: int = 5  # K_u, paper 10
-    samples: int = 2  # J, paper 5
+    samples: int = 1  # J, paper 5: one draw of (t, δ^r) per K_u step, a fresh one each step
     attack_steps: int = 3  # K_a, paper 10
     shard_rows: int = 720  # digits' 1,437 training images → 2 canonical shards
     # victims
-    victim_epochs: float = 10
+    victim_epochs: float = 6
     victim_batch_size: int = 64
     victim_adv_steps: int = 3  # PGD steps of adversarial training, step ρ_a/2 from a random start
     per_class: int = 2  # samples per class in the Figure-4 grid
     device: str = "auto"  # the tasks' device: auto takes a GPU per task where the Ray cluster has GPUs
+    shared_fs: bool = False  # every node of a multi-node Ray mounts ``out`` (the cells pass datasets by path)
 
     def generator_overrides(self, method: str, seed: int) -> dict:
         o = {"trainer.arch": self.arch, "trainer.steps": self.steps, "trainer.batch_size": self.batch_size,
@@ -230,13 +233,13 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     from .analysis.figures import plot_victim_curves
     from .data import load_dataset
     from .data.convert import convert
+    from .distributed.storage import check_cluster_visible
     from .progress import bar
     from .report import per_class_indices, save_protection_grid
 
     if not s.seeds:
         raise ValueError("give at least one seed")
     out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
     n_stages = 4
     t_start = time.perf_counter()
     load_start = os.getloadavg()
@@ -247,6 +250,10 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
         import ray
 
         ray_info = _ray_summary()
+        check_cluster_visible(str(out.resolve()), s.shared_fs, what="demo folder --out",
+                              remedy="run the demo on one machine (its embedded Ray: no RAY_ADDRESS), or "
+                                     "--shared-fs if every node mounts it")
+        out.mkdir(parents=True, exist_ok=True)
         which = ("started an embedded Ray on 127.0.0.1 (token auth, dashboard on loopback)" if started
                  else "joined the running Ray")
         say(f"  {which}: {ray_info['cpus']:g} CPUs, {ray_info['gpus']:g} GPUs")

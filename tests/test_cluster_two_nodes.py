@@ -300,6 +300,20 @@ def test_node_local_checkpoint_folder_is_refused_on_two_nodes(two_nodes, protect
                       "it"], errors
 
 
+def test_demo_with_a_local_out_is_refused_on_two_nodes(two_nodes, tmp_path):
+    """The demo's cells pass datasets by path under --out: on two nodes a folder only one machine has is
+    refused in one line before any data is written."""
+    out = tmp_path / "demo"
+    done = two_nodes.submit("-m", "sem_dist", "demo", "--out", str(out), "--seeds", "0")
+    assert done.returncode != 0
+    logs = two_nodes.get(f"/api/jobs/{job_id(done.stdout)}/logs")["logs"]
+    errors = [line for line in logs.splitlines() if "error:" in line]
+    assert errors == [f"sem-dist demo: error: demo folder --out {out} is on this machine, but the Ray cluster has 2 "
+                      "nodes that must all see it: run the demo on one machine (its embedded Ray: no RAY_ADDRESS), "
+                      "or --shared-fs if every node mounts it"], logs
+    assert not out.exists()
+
+
 def test_planted_secret_appears_nowhere(two_nodes, protect_job):
     """Grep every file both nodes' Ray sessions left (logs, job driver logs, runtime env files, Train run
     state), every object in the bucket (output, manifest, checkpoints) and the job's logs as Ray serves them."""

@@ -13,7 +13,7 @@ NAME = "demo"
 HELP = "protect the bundled digits with SEM and REM on an embedded Ray, evaluate victims, write a report"
 
 # The CPU-scale generator with a short M: the session fixture of the tests and the defences bench use it
-# (the demo itself runs sem_dist.demo.DemoSettings, M = 200).
+# (the demo itself runs sem_dist.demo.DemoSettings, M = 100).
 DEMO_OVERRIDES = {"trainer.arch": "small_cnn", "trainer.steps": 60, "trainer.batch_size": 64,
                   "trainer.lr_step": 10 ** 9, "solver.steps": 5, "solver.samples": 2, "attack.steps": 3,
                   "budget.rho_u": "16/255", "budget.rho_a": "4/255"}
@@ -43,6 +43,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=d.device,
                    help="the tasks' device: auto (a GPU per task where the Ray cluster has GPUs), cpu or cuda "
                         "(default: %(default)s)")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="--out is a file system every node of the Ray cluster mounts (NFS, EFS); without it a "
+                        "multi-node Ray is refused, since the tasks pass datasets by path under --out")
     add_verbose_argument(p)
 
 
@@ -70,7 +73,8 @@ def run(args) -> int:
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise ValueError(f"--device {args.device!r}: choose auto, cpu or cuda")
     settings = DemoSettings(out=args.out, methods=methods, seeds=seeds, steps=args.steps, rho_u=args.rho_u,
-                            rho_a=args.rho_a, victim_epochs=args.epochs, device=args.device)
+                            rho_a=args.rho_a, victim_epochs=args.epochs, device=args.device,
+                            shared_fs=args.shared_fs)
     record = run_demo(settings, say=lambda line: print(line, flush=True))
     table = accuracy_table(record)
     print("\nvictim accuracy on the clean test set:")

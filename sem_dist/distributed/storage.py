@@ -29,17 +29,18 @@ def default_checkpoint_uri(out_uri: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}/_staging/checkpoint"
 
 
-def check_cluster_visible(uri: str, shared_fs: bool = False) -> None:
-    """Refuse a node-local checkpoint folder when the connected Ray cluster has more than one node, unless
-    ``shared_fs`` declares it a file system every node mounts (NFS, EFS, Lustre)."""
+def check_cluster_visible(uri: str, shared_fs: bool = False, what: str = "checkpoint folder",
+                          remedy: str = "use s3://bucket/prefix, or --shared-fs if every node mounts it") -> None:
+    """Refuse a node-local folder (``what``: whose) when the connected Ray cluster has more than one node,
+    unless ``shared_fs`` declares it a file system every node mounts (NFS, EFS, Lustre)."""
     import ray
 
     if is_remote(uri) or shared_fs:
         return
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes > 1:
-        raise ValueError(f"checkpoint folder {uri} is on this machine, but the Ray cluster has {nodes} nodes that "
-                         "must all see it: use s3://bucket/prefix, or --shared-fs if every node mounts it")
+        raise ValueError(f"{what} {uri} is on this machine, but the Ray cluster has {nodes} nodes that must all "
+                         f"see it: {remedy}")
 
 
 def storage_for(uri: str, endpoint: str | None = None, profile: str | None = None):
