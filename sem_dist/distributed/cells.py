@@ -6,10 +6,17 @@ A cell is any module-level function; it runs with torch limited to one thread (t
 more threads would only fight the neighbouring cells for the cores). Arguments that are
 ``ObjectRef``s (a generator's noise, a dataset put once) are resolved by Ray before the cell starts, so a
 victim cell submitted together with its generator simply waits for it.
+
+A cell whose worker process or node is lost (a reclaimed spot node, the OOM killer) runs again, up to
+``CELL_RETRIES`` times; Ray also reruns a finished cell whose output was on a lost node when a later cell
+needs it. A cell that raises fails at once with its own message: cells are deterministic, so rerunning bad
+input would only fail again.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
+
+CELL_RETRIES = 3  # node losses one cell survives; a grid of many cells on spot nodes meets several
 
 
 def _one_thread(fn: Callable, *args, **kwargs) -> Any:
@@ -23,7 +30,10 @@ def submit(fn: Callable, *args, num_gpus: float = 0.0, **kwargs):
     """``fn(*args, **kwargs)`` as a Ray task with one CPU (and ``num_gpus``); returns its ObjectRef."""
     import ray
 
-    task = ray.remote(_one_thread).options(num_cpus=1, num_gpus=num_gpus, max_retries=0)
+    # max_retries counts system failures only (worker or node died); retry_exceptions stays off so an
+    # exception the cell raises is final
+    task = ray.remote(_one_thread).options(num_cpus=1, num_gpus=num_gpus, max_retries=CELL_RETRIES,
+                                           retry_exceptions=False)
     return task.remote(fn, *args, **kwargs)
 
 
@@ -63,7 +73,9 @@ def run_in_order(order: Sequence, start: Callable[[Any], Any], ready: Callable[[
     each free slot going to the first item of ``order`` that is ``ready(item, finished items)``. Ray runs
     ready tasks in no guaranteed order; this makes ``order`` a priority, so the first table of a grid
     completes first and a stopped run has whole early tables. ``start(item)`` submits a task and returns its
-    ObjectRef. Yields (item, value) as tasks finish; a failed task raises here."""
+    ObjectRef. Yields (item, value) as tasks finish; a failed task raises here: a cell's own exception as
+    itself (its message, not Ray's traceback text around it), a cell lost more than ``CELL_RETRIES`` times as
+    Ray's error."""
     import ray
 
     window = window or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -79,6 +91,9 @@ def run_in_order(order: Sequence, start: Callable[[Any], Any], ready: Callable[[
             raise RuntimeError(f"{len(waiting)} cells wait for inputs no cell produces (first: {waiting[0]!r})")
         (ref,), _ = ray.wait(list(running), num_returns=1)
         item = running.pop(ref)
-        value = ray.get(ref)
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            raise err.cause from None
         finished.add(item)
         yield item, value
