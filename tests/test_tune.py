@@ -215,6 +215,32 @@ def test_bad_space_files_fail_with_one_line_before_any_trial(cli, data_uris, tmp
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
 
 
+def test_gpu_trials_on_a_gpu_less_machine_fail_at_once(ray_cluster, cli, data_uris, tmp_path):
+    """--gpus-per-trial the cluster cannot hold: one line before any trial, not a search stuck in Tune's queue."""
+    train, test = data_uris
+    started = time.monotonic()
+    code, _, err = cli("tune", "--data", train, "--test", test, "--space", space_file(tmp_path),
+                       "--gpus-per-trial", "1", "--storage", tmp_path / "runs")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("sem-dist tune: error: "), err
+    assert "--gpus-per-trial 1 needs 1 CPUs and 1 GPUs" in lines[0] and "0 GPUs" in lines[0], err
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "runs").exists()  # no search record, no trial
+
+
+def test_trial_resources_carry_the_gpus(ray_cluster):
+    """What Tune is handed for each trial: one bundle with the trial's CPUs and GPUs (no GPU needed to check)."""
+    from ray import tune
+
+    from sem_dist.distributed.tune import SearchRequest, trial_resources
+
+    req = SearchRequest(data="d", test="t", cpus_per_trial=2, gpus_per_trial=0.5)
+    resources = trial_resources(req)
+    assert resources.bundles == [{"CPU": 2.0, "GPU": 0.5}] and resources.required_resources == {"CPU": 2.0, "GPU": 0.5}
+    assert tune.with_resources(lambda config: None, resources)._resources == resources  # as run_search passes it
+    assert trial_resources(SearchRequest(data="d", test="t")).bundles == [{"CPU": 1.0}]
+
+
 def test_figure5_and_table6_come_from_the_trials_rows(tmp_path):
     """The plots average over the other keys and appear only when the space spans their axes."""
     from sem_dist.analysis.sensitivity import plot_figure5, plot_table6

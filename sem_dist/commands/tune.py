@@ -33,6 +33,7 @@ HELP = "search ρ_r, J, M (any config field) by victim accuracy on Ray Tune"
 
 
 def add_arguments(p) -> None:
+    from ..distributed.resources import RESOURCE_TIMEOUT_HELP
     from ..distributed.tune import SCHEDULERS, SEARCHERS
 
     p.epilog = URI_HELP
@@ -62,6 +63,10 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="Algorithm-1 workers per trial: 1 trains in the trial; N > 1 runs Ray Train from it")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                   help="GPUs reserved per trial, on the trial's node (default: 0); a request no node can hold "
+                        "fails in one line")
+    p.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
     p.add_argument("--storage", default="~/sem_dist_tune", metavar="URI",
                    help="local folder or s3://bucket/prefix for the search state and results (default: %(default)s)")
     p.add_argument("--name", default="sem-dist-tune", help="the search's folder under --storage (default: %(default)s)")
@@ -84,7 +89,8 @@ def run(args) -> int:
     req = SearchRequest(data=args.data, test=args.test, method=args.method, space=args.space,
                         num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,
                         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name, resume=args.resume,
-                        quick=args.quick, workers=args.workers, cpus_per_trial=args.cpus_per_trial, subset=args.subset,
+                        quick=args.quick, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, resource_timeout_s=args.resource_timeout, subset=args.subset,
                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                         max_protect_s=args.max_protect_s, seed=args.seed, device=args.device, address=args.address,
                         s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)

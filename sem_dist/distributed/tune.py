@@ -54,6 +54,8 @@ class SearchRequest:
     quick: bool = False
     workers: int = 1  # Algorithm-1 workers per trial (> 1: Ray Train, one DDP worker per CPU)
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # GPUs reserved for each trial's process (Algorithm 1 in the trial, 4, victim)
+    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     subset: int | None = None  # regenerate noise for / train victims on this many training samples
     grace_period: int = 1  # ASHA: victim epochs before a trial may be stopped
     reduction_factor: float = 2.0  # ASHA: keep the best 1/reduction_factor at each rung
@@ -231,6 +233,9 @@ def _check(req: SearchRequest) -> None:
     for name in ("num_samples", "workers", "grace_period"):
         if getattr(req, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(req, name)}")
+    if req.cpus_per_trial <= 0 or req.gpus_per_trial < 0:
+        raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {req.cpus_per_trial:g} and "
+                         f"{req.gpus_per_trial:g}")
     if req.max_concurrent is not None and req.max_concurrent < 1:
         raise ValueError(f"--max-concurrent must be >= 1, got {req.max_concurrent}")
     if req.subset is not None and req.subset < 1:
@@ -284,6 +289,27 @@ def _searcher(req: SearchRequest, concurrency: int):
     from .trial_phases import VictimResultsLimiter
 
     return VictimResultsLimiter(OptunaSearch(seed=req.seed), max_concurrent=concurrency)
+
+
+def trial_resources(req: SearchRequest):
+    """What Tune reserves for each trial: one bundle of --cpus-per-trial CPUs and --gpus-per-trial GPUs, so the
+    trial's process lands on a node with both and Ray sets its CUDA_VISIBLE_DEVICES to its GPUs. A multi-worker
+    trial's Train workers are placed by their own trainer, outside this bundle."""
+    from ray import tune
+
+    bundle = {"CPU": req.cpus_per_trial, **({"GPU": req.gpus_per_trial} if req.gpus_per_trial > 0 else {})}
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _refuse_impossible_trials(req: SearchRequest) -> None:
+    """A trial no node can hold would wait in Tune's queue forever: fail at once on an embedded Ray, after
+    --resource-timeout on a cluster that may autoscale, in one line naming the flags."""
+    from .resources import DEFAULT_RESOURCE_TIMEOUT_S, wait_for_resources
+
+    timeout = DEFAULT_RESOURCE_TIMEOUT_S if req.resource_timeout_s is None else req.resource_timeout_s
+    wait_for_resources(req.cpus_per_trial, req.gpus_per_trial,
+                       f"a trial of --cpus-per-trial {req.cpus_per_trial:g} --gpus-per-trial {req.gpus_per_trial:g}",
+                       timeout, units=1)
 
 
 def _concurrency(req: SearchRequest) -> int:
@@ -349,8 +375,8 @@ def _write_results(exp_uri: str, rows: list[dict], keys: list[str], store: Stora
 
 def _settings_record(req: SearchRequest, space: Space) -> dict:
     """What --resume needs to rebuild the trials exactly (no data URIs: they may carry credentials)."""
-    keep = ("method", "search", "scheduler", "num_samples", "workers", "cpus_per_trial", "subset", "grace_period",
-            "reduction_factor", "max_protect_s", "seed", "quick", "device")
+    keep = ("method", "search", "scheduler", "num_samples", "workers", "cpus_per_trial", "gpus_per_trial", "subset",
+            "grace_period", "reduction_factor", "max_protect_s", "seed", "quick", "device")
     return {"space": space.to_dict(), **{k: getattr(req, k) for k in keep}}
 
 
@@ -384,11 +410,12 @@ def run_search(req: SearchRequest) -> SearchResult:
     keys = [p.key for p in space.searched()]
 
     connect(req.address)
+    _refuse_impossible_trials(req)
     settings = TrialSettings(method=req.method, device=req.device, workers=req.workers, cpus_per_worker=1.0,
                              subset=req.subset, seed=req.seed, storage=exp_uri, store=store,
                              max_protect_s=req.max_protect_s)
     trainable = tune.with_resources(tune.with_parameters(run_trial, train=train, test=test, settings=settings),
-                                    {"cpu": req.cpus_per_trial})
+                                    trial_resources(req))
     if req.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
