@@ -7,8 +7,10 @@ Each stage runs in this process or on Ray (:class:`Engine`): Ray Train for fit w
 Ray Data for regeneration whenever a Ray flag (``--workers``, ``--regen-actors``, ``--address``) is given.
 Small local runs keep the plain in-process default.
 
-Resumability lives in ``OUT/_staging``: ``run.json`` (the run's fingerprint), ``method.pt`` (the fitted
-method; present ⇒ ``--resume`` skips fitting) and the ledger of finished shards (``stages.regenerate``).
+Shards are written at their final keys in OUT as units finish; the manifest, written last, makes them a
+dataset (``data.canonical.DatasetWriter``). Resumability lives in ``OUT/_staging``: ``run.json`` (the run's
+fingerprint), ``method.pt`` (the fitted method; present ⇒ ``--resume`` skips fitting) and the ledger of
+finished units (``stages.regenerate``); it is removed once the manifest is in place.
 Algorithm 1's own checkpoints go to ``--checkpoint-dir``, else to ``OUT/_staging/checkpoint`` on the
 output's own storage, so every node of a cluster (and a later run on another machine) sees them.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from .config import ProtectConfig, resolve_config
 from .data.canonical import DatasetWriter, Manifest
 from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecord, BadRecordPolicy
-from .data.storage import DataError, Location, StorageOptions, open_location, redact_uri
+from .data.storage import DataError, Location, StorageOptions, open_location, redact_uri, storage_errors
 from .device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
@@ -141,11 +144,26 @@ class RegenerateRequest:
                                  self.resource_timeout_s)
 
 
-def fingerprint(cfg: ProtectConfig, inp: Input, opts: OutputOptions, **more) -> str:
+def input_files(inp: Input) -> dict[str, list] | None:
+    """Content identity of a file-backed input (image folders, Parquet, tars, MNIST/CIFAR files): each file's
+    size and ETag (object stores) or mtime (local files), by path under the source's root. Canonical inputs
+    need none: their manifest's per-shard sha256 is in the fingerprint and every shard is checked against it."""
+    loc = inp.location
+    if inp.canonical or loc is None:
+        return None
+    root = loc.path.rstrip("/")
+    with storage_errors(loc):
+        found = loc.fs.find(root, detail=True) if loc.fs.isdir(root) else {root: loc.fs.info(root)}
+    return {posixpath.relpath(path, root) if path != root else posixpath.basename(root):
+            [d.get("size"), d.get("ETag") or d.get("mtime")] for path, d in sorted(found.items())}
+
+
+def fingerprint(cfg: ProtectConfig, inp: Input, opts: OutputOptions, files: dict[str, list] | None, **more) -> str:
     """Everything that decides the output's bytes; a resumed run must match it exactly."""
     m = inp.info.manifest
     blob = json.dumps({"config": cfg.to_dict(), "rng": RNG_SCHEME, "source": inp.info.source,
-                       "input_shards": [s.sha256 for s in m.shards] if m else None, "shard_rows": opts.shard_rows,
+                       "input_shards": [s.sha256 for s in m.shards] if m else None, "input_files": files,
+                       "shard_rows": opts.shard_rows,
                        "keep_noise": opts.keep_noise, "on_bad_record": opts.on_bad_record, **more}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -176,11 +194,12 @@ class Run:
     def staging(self) -> Location:
         return self.writer.staging
 
-    def start(self, fp: str) -> None:
-        """A fresh staging area (or the kept one with ``--resume``), tied to the fingerprint."""
+    def start(self, fp: str, files: dict[str, list] | None) -> None:
+        """A fresh output (or the interrupted one with ``--resume``), tied to the fingerprint."""
         if not self.opts.resume:
-            self.writer.abandon()
-        Ledger(self.staging).open(fp, self.opts.resume)
+            self.writer.clear()
+        root = self.inp.location.display if self.inp.location is not None else ""
+        Ledger(self.staging).open(fp, self.opts.resume, files, root)
 
     def staged_method(self) -> dict | None:
         if self.opts.resume and self.staging.exists(METHOD_CHECKPOINT):
@@ -205,7 +224,7 @@ class Run:
                 results = list(regenerate_local(method, self.inp, job, done, device))
                 new = [r for r in results if r.index not in done]
         except BadRecord:
-            self.writer.abandon()  # nothing half-written under OUT; the input is never touched
+            self.writer.clear()  # nothing half-written under OUT; the input is never touched
             raise
         seconds = time.perf_counter() - t0
         images = sum(r.rows for r in new)
@@ -224,7 +243,8 @@ class Run:
         staging, inp, opts = worker_uri(self.staging), self.inp, self.opts
         source = ({"plan": inp.plan, "image": inp.image} if inp.plan is not None else
                   {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
-        return RegenJob(staging_uri=staging, method_uri=f"{staging}/{METHOD_CHECKPOINT}",
+        return RegenJob(out_uri=worker_uri(self.out), staging_uri=staging,
+                        method_uri=f"{staging}/{METHOD_CHECKPOINT}",
                         s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile,
                         keep_noise=opts.keep_noise, on_bad_record=opts.on_bad_record, shard_rows=opts.shard_rows,
                         **source)
@@ -300,10 +320,11 @@ def protect(req: ProtectRequest) -> Manifest:
     run = Run.open(inp, req.output(), req.engine(), t_start)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
     engine = run.engine
-    fp = fingerprint(cfg, inp, run.opts)
+    files = input_files(inp)
+    fp = fingerprint(cfg, inp, run.opts, files)
     if run.state is OutputState.COMPLETE and req.resume:
-        return already_done(run.out, fp)
-    run.start(fp)
+        return already_done(run.writer, fp)
+    run.start(fp, files)
     ckpt = checkpoint_location(req, run.out)
     t_loaded = time.perf_counter()
 
@@ -315,7 +336,7 @@ def protect(req: ProtectRequest) -> Manifest:
         try:
             method, metrics = fit(cfg, inp, device, plan, BadRecordPolicy(req.on_bad_record))
         except BadRecord:
-            run.writer.abandon()
+            run.writer.clear()
             raise
         state = method_state(method)
         save_method(state, run.staging)
@@ -342,10 +363,11 @@ def regenerate_dataset(req: RegenerateRequest) -> Manifest:
     info = inp.info
     state = as_method_state(raw, len(info.classes), info.channels, info.image_side, redact_uri(req.generator))
     cfg = ProtectConfig.from_dict(state["config"])
-    fp = fingerprint(cfg, inp, run.opts, generator_sha256=sha)
+    files = input_files(inp)
+    fp = fingerprint(cfg, inp, run.opts, files, generator_sha256=sha)
     if run.state is OutputState.COMPLETE and req.resume:
-        return already_done(run.out, fp)
-    run.start(fp)
+        return already_done(run.writer, fp)
+    run.start(fp, files)
     save_method(state, run.staging)
     protection = {"method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
                   "fingerprint": fp,

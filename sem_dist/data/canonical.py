@@ -5,7 +5,7 @@ Columns: ``id`` (string, unique), ``image`` (struct{bytes: binary, path: string}
 ``--keep-noise``, ``noise`` (binary: int8 C·H·W bytes, CHW order; protected = clip(clean + noise, 0, 255)).
 
 The manifest is the commit record: readers only trust shards it lists, each checked against its sha256.
-Writers stage shards under ``_staging/``, move them into place, and write the manifest last; a folder
+Writers put shards at their final keys and write the manifest last (:class:`DatasetWriter`); a folder
 without ``manifest.json`` is incomplete by definition, so a crash never leaves something that looks done.
 
 Per-shard functions (:func:`write_shard`, :func:`read_shard`) are public: Ray Data workers regenerate
@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from .. import __version__
 from .images import BadImage, ImageDecoder, encode_png
 from .records import BadRecordPolicy, Chunk
-from .storage import DataError, Location
+from ..testing.stop import stop_point
+from .storage import DataError, Location, is_temp_name
 
 SCHEMA_VERSION = 1
 FORMAT = "sem_dist.canonical"
@@ -209,31 +210,41 @@ def iter_dataset(folder: Location, manifest: Manifest, policy: BadRecordPolicy,
 
 
 class DatasetWriter:
-    """Stages shards in ``out/_staging`` and commits them with the manifest written last.
+    """Writes shards at their final keys (``part-*.parquet`` at the dataset's root) and commits them by
+    writing the manifest last, in one atomic write (a local rename, or one S3 PUT).
 
-    Committing over an earlier dataset removes its manifest first, so an interrupted commit leaves
-    a folder that reads as incomplete, never a mix that reads as complete."""
+    Until the manifest lands the folder has shards but no manifest, which every reader refuses as
+    incomplete; after it, readers see exactly the shards it lists (each checked against its sha256). No
+    shard is ever moved or copied, and no manifest is removed except by :meth:`clear` (``--overwrite``, a
+    failed run). A kill at any moment leaves either no manifest (``--resume`` finishes the run from its
+    ledger) or a complete dataset whose leftovers (``_staging``, shards it does not list) :meth:`tidy`
+    removes. ``_staging`` holds the run's own state only: fingerprint, ledger, fitted method, checkpoints."""
 
     def __init__(self, out: Location):
         self.out = out
         self.staging = out.child(STAGING)
 
     def write_shard(self, index: int, chunk: Chunk, noise: np.ndarray | None = None) -> ShardInfo:
-        return write_shard(self.staging, shard_name(index), chunk.ids, chunk.images, chunk.labels, noise)
+        return write_shard(self.out, shard_name(index), chunk.ids, chunk.images, chunk.labels, noise)
 
-    def commit(self, manifest: Manifest, staged: dict[str, str] | None = None) -> None:
-        """``staged`` maps a shard's name to its file in the staging area when they differ (shards written
-        in parallel under unique names get their ``part-NNNNN`` names here)."""
+    def commit(self, manifest: Manifest) -> None:
+        """Make the written shards a dataset: the manifest, then the leftovers go."""
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.out.remove(MANIFEST)
-        keep = {s.name for s in manifest.shards}
-        for info in manifest.shards:
-            self.out.move(f"{STAGING}/{(staged or {}).get(info.name, info.name)}", info.name)
-        for name in self.out.names():
-            if is_shard_name(name) and name not in keep:
-                self.out.remove(name)
+        stop_point("before-manifest")
         self.out.write_bytes(MANIFEST, manifest.to_json().encode())
+        stop_point("after-manifest")
+        self.tidy(manifest)
+
+    def tidy(self, manifest: Manifest) -> None:
+        """After ``manifest`` is in place: shards it does not list (an earlier run's), temp files of killed
+        writes, and the run's state. Readers never look at any of them, so this may be cut short too."""
+        keep = {s.name for s in manifest.shards}
+        self.out.remove_many([n for n in self.out.names() if (is_shard_name(n) and n not in keep) or is_temp_name(n)])
         self.out.remove(STAGING)
 
-    def abandon(self) -> None:
+    def clear(self) -> None:
+        """Remove what sem-dist wrote here: the manifest first (an earlier dataset is withdrawn before any of
+        its shards goes, so it is never read with missing or foreign shards), then shards and run state."""
+        self.out.remove(MANIFEST)
+        self.out.remove_many([n for n in self.out.names() if is_shard_name(n) or is_temp_name(n)])
         self.out.remove(STAGING)

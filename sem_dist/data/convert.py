@@ -55,7 +55,7 @@ def new_manifest(sp: Split, shards: list[ShardInfo], shape: tuple[int, int, int]
 def convert_split(sp: Split, out: Location, options: dict[str, str], shard_rows: int | None,
                   policy: BadRecordPolicy) -> Manifest:
     writer = DatasetWriter(out)
-    writer.abandon()  # an earlier interrupted convert's leftovers
+    writer.clear()  # an earlier interrupted convert's leftovers
     shards: list[ShardInfo] = []
     shape, noise_column = None, True
     with bar(None, f"convert {sp.display}", unit="img") as pb:

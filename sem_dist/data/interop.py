@@ -230,7 +230,7 @@ def import_noise(data_uri: str, noise_uri: str, out_uri: str, rho_u: float | Non
     from ..pipeline import noise_stats
 
     writer = DatasetWriter(out)
-    writer.abandon()
+    writer.clear()
     rows = max(s.rows for s in sp.manifest.shards) if sp.manifest else default_shard_rows(*data.images.shape[1:])
     shards = []
     chunk = Chunk(list(data.ids), protected, data.labels, sp.display, effective)

@@ -1,20 +1,20 @@
 """Refusals that protect the user's data before anything is written: an output equal to or inside the
 input (or the reverse), and a non-empty output without ``--resume`` / ``--overwrite``.
 
-``--overwrite`` only ever replaces what sem-dist wrote (manifest, shards, staging area, split folders
-holding those); a folder with anything else in it is refused untouched.
+``--overwrite`` only ever replaces what sem-dist wrote (manifest, shards, the run's ``_staging`` area, temp
+files of its writes, split folders holding those); a folder with anything else in it is refused untouched.
 """
 from __future__ import annotations
 
 from enum import Enum
 
 from .canonical import MANIFEST, STAGING, is_shard_name
-from .storage import DataError, Location
+from .storage import DataError, Location, is_temp_name
 
 
 class OutputState(Enum):
     EMPTY = "empty"  # nothing there: write fresh
-    PARTIAL = "partial"  # an interrupted run's staging area (no manifest): --resume continues it
+    PARTIAL = "partial"  # an interrupted run: shards and/or its _staging, no manifest; --resume continues it
     COMPLETE = "complete"  # a committed dataset
 
 
@@ -32,7 +32,7 @@ def _ours(loc: Location, names: list[str], depth: int = 1) -> list[str]:
     """Entries under ``loc`` that sem-dist did not write (split folders are looked into once)."""
     foreign = []
     for name in names:
-        if name in (MANIFEST, STAGING) or is_shard_name(name):
+        if name in (MANIFEST, STAGING) or is_shard_name(name) or is_temp_name(name):
             continue
         sub = loc.child(name)
         sub_names = sub.names() if depth > 0 and loc.fs.isdir(sub.path) else None

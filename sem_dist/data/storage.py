@@ -23,6 +23,14 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 
+TEMP_MARK = ".tmp-"  # local whole-or-nothing writes go through ".NAME.tmp-<uuid>" beside NAME
+
+
+def is_temp_name(name: str) -> bool:
+    """A leftover temp file of :meth:`Location.write_bytes` (a write killed before its rename)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
 class DataError(ValueError):
     """Bad input or an unusable location; the message names the offending item and is safe to show."""
 
@@ -101,7 +109,11 @@ class Location:
                 return []
             if not self.fs.isdir(self.path):
                 raise DataError(f"{self.display} is a file, not a folder")
-            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
+            # an object store may list the folder's own marker object ("out/", written by pyarrow's S3
+            # filesystem, e.g. for Ray Train's checkpoints): the folder itself, not an entry in it
+            mine = self.path.rstrip("/")
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False)
+                          if p.rstrip("/") != mine)
 
     def read_bytes(self, name: str) -> bytes:
         target = self.child(name)
@@ -115,7 +127,9 @@ class Location:
         with storage_errors(target):
             if self.is_local:
                 os.makedirs(os.path.dirname(target.path), exist_ok=True)
-                tmp = f"{target.path}.tmp-{uuid.uuid4().hex}"
+                # hidden (readers and Parquet discovery skip dot-files); a kill can leave one behind
+                tmp = posixpath.join(os.path.dirname(target.path),
+                                     f".{os.path.basename(target.path)}{TEMP_MARK}{uuid.uuid4().hex}")
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                 os.replace(tmp, target.path)
@@ -135,6 +149,12 @@ class Location:
                 self.fs.rm(a.path, recursive=True)
             else:
                 self.fs.mv(a.path, b.path)
+
+    def remove_many(self, names: list[str]) -> None:
+        """Delete these entries (on S3 one request per 1,000 keys, not one per entry)."""
+        if names:
+            with storage_errors(self):
+                self.fs.rm([self.child(n).path for n in names], recursive=True)
 
     def remove(self, name: str) -> None:
         target = self.child(name)

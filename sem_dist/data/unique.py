@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from .canonical import Manifest, ShardInfo, read_shard
+from .canonical import Manifest, read_shard
 from .records import BadRecordPolicy
 from .storage import DataError, Location
 
@@ -31,10 +31,9 @@ def hashes_from_text(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.uint64)
 
 
-def refuse_repeated_ids(staging: Location, manifest: Manifest, staged: dict[str, str],
-                        hashes: list[np.ndarray]) -> None:
-    """Ids must be unique; a repeat found by its hash (``hashes[i]`` belongs to ``manifest.shards[i]``, whose
-    file in ``staging`` is ``staged[name]``) is named by reading the ids of the shards it is in."""
+def refuse_repeated_ids(folder: Location, manifest: Manifest, hashes: list[np.ndarray]) -> None:
+    """Ids must be unique; a repeat found by its hash (``hashes[i]`` belongs to ``manifest.shards[i]``, a file
+    in ``folder``) is named by reading the ids of the shards it is in."""
     every = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     values, counts = np.unique(every, return_counts=True)
     if (counts == 1).all():
@@ -43,8 +42,7 @@ def refuse_repeated_ids(staging: Location, manifest: Manifest, staged: dict[str,
         found = []
         for info, h in zip(manifest.shards, hashes):
             if twice in h:
-                staged_info = ShardInfo(staged.get(info.name, info.name), info.rows, info.sha256, info.bytes)
-                for chunk in read_shard(staging, staged_info, manifest, BadRecordPolicy("fail")):
+                for chunk in read_shard(folder, info, manifest, BadRecordPolicy("fail")):
                     found += [i for i, v in zip(chunk.ids, id_hashes(chunk.ids)) if v == twice]
         if len(set(found)) < len(found):
             repeat = next(i for i in found if found.count(i) > 1)

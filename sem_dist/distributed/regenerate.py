@@ -1,8 +1,8 @@
 """Algorithm 4 on Ray Data: the regenerate stage's units (see :mod:`sem_dist.stages.regenerate`: a canonical
 input's shards, or the class folders / Parquet files / tar shards of a file-backed source) flow through
 ``map_batches`` into a pool of actors; each actor loads the frozen method ONCE from its checkpoint URI and
-runs :class:`~sem_dist.stages.regenerate.UnitRunner` — read, decode (and resize), perturb, encode, write to
-the staging area, record in the ledger — so the bytes equal the in-process engine's for the same seed, and
+runs :class:`~sem_dist.stages.regenerate.UnitRunner` — read, decode (and resize), perturb, encode, write
+the shards at their final keys, record in the ledger — so the bytes equal the in-process engine's for the same seed, and
 a killed run resumes from the ledger.
 
 The driver holds metadata only: the pending unit numbers go in, one small result row per finished unit

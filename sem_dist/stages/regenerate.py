@@ -1,5 +1,6 @@
 """Regenerate stage (Algorithm 4): the fitted method's noise for every sample, written as protected shards
-into the output's staging area, one *unit* at a time.
+at their final keys in the output folder, one *unit* at a time (the manifest, written last by the commit
+stage, is what makes them a dataset; see ``data.canonical.DatasetWriter``).
 
 Units are what the input already divides into, so any worker can run any unit knowing only the job:
 - a canonical input (no ``--shard-rows``): unit i is input shard i — read whole, checked against the
@@ -19,7 +20,8 @@ it (shard infos, noise totals, skipped records, and for plan units 8-byte hashes
 can refuse an id repeated across files without anyone holding the ids). Finishing a unit costs O(1)
 storage writes, and ``--resume`` lists ``done/`` and redoes only units without an entry (a unit written
 but not recorded is simply rewritten: the same bytes). ``_staging/run.json`` ties the staging area to the
-run's fingerprint. Staged shards are named by unit; the commit stage names them ``part-NNNNN`` in order.
+run's fingerprint. Shards are named by unit: ``part-NNNNN`` for unit N of a canonical input or of a re-cut
+stream, ``part-NNNNN-KKKKK`` for output shard K of plan unit N, so no name depends on another unit.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from ..perturb.methods import NoiseMethod
 from ..perturb.regenerate import apply_noise, regenerate
 from ..pipeline import NoiseStats
 from ..progress import bar
+from ..testing.stop import stop_point
 from .read import Input
 
 LEDGER = "done"
@@ -54,7 +57,7 @@ class UnitResult:
     """One finished unit, as its ledger entry records it."""
 
     index: int
-    shards: list[ShardInfo] = field(default_factory=list)  # staged, in order; none if every record was skipped
+    shards: list[ShardInfo] = field(default_factory=list)  # in order; none if every record was skipped
     noise: NoiseStats = field(default_factory=NoiseStats)
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -80,14 +83,24 @@ class Ledger:
     def __init__(self, staging: Location):
         self.staging, self.folder = staging, staging.child(LEDGER)
 
-    def open(self, fingerprint: str, resume: bool) -> None:
-        """Tie the (fresh or kept) staging area to ``fingerprint``; a resumed run must match it."""
+    def open(self, fingerprint: str, resume: bool, files: dict[str, list] | None = None, source: str = "") -> None:
+        """Tie the (fresh or kept) staging area to ``fingerprint``; a resumed run must match it. ``files`` (the
+        input's per-file identity, see ``protect_dataset.input_files``) is kept so that a changed input file
+        can be named."""
         if resume and self.staging.exists(RUN_RECORD):
-            if json.loads(self.staging.read_bytes(RUN_RECORD))["fingerprint"] != fingerprint:
+            before = json.loads(self.staging.read_bytes(RUN_RECORD))
+            if before["fingerprint"] != fingerprint:
+                old, changed = before.get("input_files"), None
+                if old is not None and files is not None:
+                    changed = next((f for f in sorted({*old, *files}) if old.get(f) != files.get(f)), None)
+                if changed is not None:
+                    raise DataError(f"{source}/{changed}: changed since the interrupted run (size, ETag or mtime "
+                                    "differ); pass --overwrite to start over")
                 raise DataError(f"{self.staging.display}: the interrupted run there used other settings or input; "
                                 "pass --overwrite to start over")
             return
-        self.staging.write_bytes(RUN_RECORD, json.dumps({"fingerprint": fingerprint}).encode())
+        record = {"fingerprint": fingerprint, "input_files": files}
+        self.staging.write_bytes(RUN_RECORD, json.dumps(record).encode())
 
     def finished(self) -> dict[int, UnitResult]:
         done = {}
@@ -99,24 +112,26 @@ class Ledger:
 
     def record(self, result: UnitResult) -> None:
         self.folder.write_bytes(f"{shard_name(result.index)}.json", result.to_json().encode())
+        stop_point("unit")
 
 
-def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, staging: Location, name: str,
+def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, out: Location, name: str,
                   keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
-    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``staging/name``."""
+    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``out/name``."""
     noise = np.empty(chunk.images.shape, dtype=np.int8)
     pos = 0
     batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
     for ids, part in regenerate(method, batches, device):
         noise[pos:pos + len(ids)] = part
         pos += len(ids)
-    info = write_shard(staging, name, chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
+    info = write_shard(out, name, chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
                        noise if keep_noise else None)
     return info, NoiseStats().update(noise)
 
 
 def unit_shard_name(index: int, part: int) -> str:
-    """The staged name of output shard ``part`` of plan unit ``index`` (the commit renames it)."""
+    """The name of output shard ``part`` of plan unit ``index`` (a unit's shard count is known only
+    once it is read, so names must not depend on the units before it)."""
     return f"{SHARD_PREFIX}{index:05d}-{part:05d}.parquet"
 
 
@@ -125,7 +140,8 @@ class RegenJob:
     """What any worker needs to run units, as plain values: URIs are redacted (credentials come from each
     node's own environment, never from the driver); a plan's reader pickles without credentials too."""
 
-    staging_uri: str
+    out_uri: str  # shards go here, at their final keys
+    staging_uri: str  # the ledger
     method_uri: str
     s3_endpoint: str | None
     keep_noise: bool
@@ -148,6 +164,7 @@ class UnitRunner:
     def __init__(self, job: RegenJob, method: NoiseMethod, device: torch.device):
         self.job, self.method, self.device = job, method, device
         storage = job.storage
+        self.out = open_location(job.out_uri, storage)
         self.staging = open_location(job.staging_uri, storage)
         if job.plan is None:
             self.src = open_location(job.input_uri, storage)
@@ -170,7 +187,7 @@ class UnitRunner:
         result = UnitResult(index)
         for k, part in enumerate(parts):
             name = shard_name(index) if self.job.plan is None else unit_shard_name(index, k)
-            info, stats = protect_chunk(self.method, part, self.device, self.staging, name, self.job.keep_noise)
+            info, stats = protect_chunk(self.method, part, self.device, self.out, name, self.job.keep_noise)
             result.shards.append(info)
             result.noise = result.noise.merge(stats)
             if self.job.plan is not None:
@@ -210,7 +227,7 @@ def regenerate_local(method: NoiseMethod, inp: Input, job: RegenJob, done: dict[
 
 
 def _recut_units(method, inp, job, done, device) -> Iterable[UnitResult]:
-    staging = open_location(job.staging_uri, job.storage)
+    out, staging = open_location(job.out_uri, job.storage), open_location(job.staging_uri, job.storage)
     policy = BadRecordPolicy(job.on_bad_record)
     chunks = iter(shards_of(inp.split, policy, job.shard_rows))
     chunk, index, seen = next(chunks, None), 0, 0
@@ -221,7 +238,7 @@ def _recut_units(method, inp, job, done, device) -> Iterable[UnitResult]:
             yield done[index]
         else:
             t0 = time.perf_counter()
-            info, stats = protect_chunk(method, chunk, device, staging, shard_name(index), job.keep_noise)
+            info, stats = protect_chunk(method, chunk, device, out, shard_name(index), job.keep_noise)
             result = UnitResult(index, [info], stats, skipped, time.perf_counter() - t0)
             Ledger(staging).record(result)
             yield result
