@@ -14,13 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 LARGE_IMAGE_MIN_SIDE = 64  # images at least this wide use the ImageNet-size defaults and transforms
 
 INNER_KINDS = ("random", "adversarial", "none")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 COMPILE_MODES = ("auto", "on", "off")
+GRAPH_MODES = ("auto", "on", "off")
 PASS_CHUNK_MODES = ("auto", "off")  # or a number of rows
 TRANSFORMS = ("auto", "crop_flip", "resized_crop_flip", "none")
 
@@ -103,6 +102,7 @@ class Trainer:
     memory_format: str = "auto"  # auto | channels_last | contiguous (auto: channels_last, measured faster)
     compile: str = "auto"  # auto | on | off: torch.compile (auto: on for long runs of models it speeds up)
     pass_chunk: str | int = "auto"  # auto | off | N: rows per chunk of an input-gradient pass (auto: by device)
+    graphs: str = "auto"  # auto | on | off: fixed-shape work through static buffers, CUDA graphs on a GPU (auto: on CUDA)
 
 
 @dataclass
@@ -142,7 +142,8 @@ class ProtectConfig:
             if int(v) < 1:
                 raise ValueError(f"{name}={v} must be >= 1")
         for name, v, choices in (("trainer.memory_format", self.trainer.memory_format, MEMORY_FORMATS),
-                                 ("trainer.compile", self.trainer.compile, COMPILE_MODES)):
+                                 ("trainer.compile", self.trainer.compile, COMPILE_MODES),
+                                 ("trainer.graphs", self.trainer.graphs, GRAPH_MODES)):
             if v not in choices:
                 raise ValueError(f"{name}={v!r}: choose one of {', '.join(choices)}")
         self.trainer.pass_chunk = parse_pass_chunk(self.trainer.pass_chunk)
@@ -189,6 +190,14 @@ def _merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+def _load_yaml(text: str) -> Any:
+    # imported here, not at the top: the dataclasses above are the engine's config and must import where only
+    # PyTorch is installed (``python -m sem_dist.bench gpu`` on a bare GPU machine); only reading YAML needs it
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def method_defaults(method: str, image_side: int = 32) -> dict[str, Any]:
     """The YAML defaults of ``method`` for images of side ``image_side`` (Table 9's two regimes)."""
     path = resources.files("sem_dist") / "configs" / f"{method}.yaml"
@@ -196,7 +205,7 @@ def method_defaults(method: str, image_side: int = 32) -> dict[str, Any]:
         known = sorted(p.name[:-5] for p in (resources.files("sem_dist") / "configs").iterdir()
                        if p.name.endswith(".yaml"))
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(known)}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _load_yaml(path.read_text()) or {}
     large = raw.pop("large", {}) or {}
     return _merge(raw, large) if image_side >= LARGE_IMAGE_MIN_SIDE else raw
 
@@ -214,7 +223,7 @@ def resolve_config(method: str = "sem", image_side: int = 32, config_file: str |
     """Method YAML defaults ← optional user YAML ← dotted overrides (``{"trainer.steps": 100}``)."""
     d = method_defaults(method, image_side)
     if config_file is not None:
-        user = yaml.safe_load(Path(config_file).read_text()) or {}
+        user = _load_yaml(Path(config_file).read_text()) or {}
         if not isinstance(user, Mapping):
             raise ValueError(f"{config_file}: expected a mapping of config keys")
         user.pop("method", None)

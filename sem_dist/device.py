@@ -1,12 +1,14 @@
-"""Device choice, memory layout, compilation and mixed precision: the GPU paths, used by the same code
-that runs on CPU. The layout and compile rules are measured choices (numbers in docs/performance.md)."""
+"""Device choice, memory layout, compilation, mixed precision and CUDA graphs: the GPU paths, used by the same
+code that runs on CPU. The layout and compile rules are measured choices (numbers in docs/performance.md)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
+from typing import Callable
 
 import torch
 
-from .config import COMPILE_MODES, MEMORY_FORMATS, parse_pass_chunk
+from .config import COMPILE_MODES, GRAPH_MODES, MEMORY_FORMATS, parse_pass_chunk
 
 # torch.compile makes the CIFAR ResNet-18's input-gradient pass 1.68× faster on a 2-core CPU after ≈ 50 s
 # of compilation per graph, and small_cnn's 0.66× as fast (measured for issue #13). Algorithm 1 compiles
@@ -46,11 +48,15 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on ``device`` when enabled and supported; a no-op context otherwise."""
+    """bf16 autocast on ``device`` when enabled and supported; a no-op context otherwise.
+
+    Without autocast's cache of bf16 weight copies: every autocast region here holds one forward, so the cache
+    saves nothing, and a CUDA graph (:class:`CapturedCall`) must cast the fp32 master weights afresh on each
+    replay, after the optimizer has updated them (PyTorch requires ``cache_enabled=False`` under capture)."""
     dtype = amp_dtype(device) if enabled else None
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def resolve_memory_format(setting: str = "auto") -> str:
@@ -96,11 +102,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, memory_format: s
 
 def trainer_layout(trainer, device: torch.device | None = None, image_shape: tuple[int, ...] | None = None) -> dict:
     """The resolved layout of a run's passes from its ``trainer`` config (recorded in manifests); with the
-    device and image shape also the rows per input-gradient chunk (``"off"``: whole passes)."""
+    device and image shape also the rows per input-gradient chunk (``"off"``: whole passes) and how the
+    fixed-shape work runs (:func:`graph_mode`)."""
     out = {"memory_format": resolve_memory_format(trainer.memory_format),
            "compile": resolve_compile(trainer.compile, trainer.arch, trainer.steps)}
     if device is not None and image_shape is not None:
         out["pass_chunk"] = resolve_pass_chunk(trainer.pass_chunk, device, image_shape) or "off"
+        out["graphs"] = graph_mode(trainer.graphs, device)
     return out
 
 
@@ -108,3 +116,115 @@ def prepare_for(trainer, model: torch.nn.Module, device: torch.device) -> torch.
     """``prepare_model`` with the layout a ``trainer`` config resolves to."""
     layout = trainer_layout(trainer)
     return prepare_model(model, device, layout["memory_format"], layout["compile"])
+
+
+# Eager calls of a new signature before it is recorded: cuDNN and cuBLAS create their handles and workspaces,
+# the optimizer its momentum buffers and autograd its per-device state on first use, which a capture must not
+# record. One call does all of that; PyTorch's own examples use up to three only for DDP, which we never capture.
+GRAPH_WARMUP_CALLS = 1
+
+
+def graph_mode(setting: str, device: torch.device) -> str:
+    """How :class:`CapturedCall` runs fixed-shape work on ``device`` for ``trainer.graphs`` = ``setting``:
+    ``cuda`` (recorded once as a CUDA graph, then replayed), ``static`` (through the same static buffers,
+    eagerly: what ``on`` means where CUDA graphs do not exist, and how tests check the buffer plumbing on a
+    CPU) or ``off`` (called directly). ``auto`` → ``cuda`` on a CUDA device, ``off`` elsewhere."""
+    if setting not in GRAPH_MODES:
+        raise ValueError(f"graphs {setting!r}: choose one of {', '.join(GRAPH_MODES)}")
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return "off"
+    return "cuda" if device.type == "cuda" else "static"
+
+
+class CapturedCall:
+    """``fn(*inputs, **constants)`` over static copies of its tensor inputs, replayed as one CUDA graph.
+
+    A CUDA graph records the kernels one call launches and replays all of them with one launch, so work that
+    is bound by kernel launches and Python (Algorithm 1's thousands of small passes) runs at the GPU's pace.
+    A graph reads and writes the addresses it was recorded with: every call copies its inputs into buffers
+    allocated once per signature (input shapes, dtypes and devices, and the ``constants``); the first
+    GRAPH_WARMUP_CALLS calls of a signature run eagerly on a side stream (as PyTorch requires before a
+    capture), the next records the graph and every later one replays it. Once a graph exists, a single call
+    of another signature runs eagerly; a second in a row starts over with the new signature (warm-up,
+    record) and releases the previous graph.
+
+    ``fn`` must launch the same kernels on every call of a signature: no host synchronisation (``.item()``,
+    sizes read from the device), no draws from torch's generators, and every Python value that changes
+    between calls passed as a constant. Our ``CounterStream`` draws are integer kernels over a key tensor, so
+    keys passed as an input give each replay its own draws, bit for bit those of an eager call. Tensors that
+    ``fn`` reads without taking them as inputs (a model's weights, optimizer state) are read in place: update
+    them in place (``load_state_dict`` does) or call :meth:`reset`.
+
+    ``setting`` is ``trainer.graphs`` (:func:`graph_mode`). With ``auto``, a failed capture warns once and
+    the call runs eagerly from then on; with ``on`` it raises. Returns copies of ``fn``'s outputs (a tensor
+    or a tuple of tensors), so a caller may keep them across calls.
+    """
+
+    def __init__(self, fn: Callable, setting: str = "auto"):
+        graph_mode(setting, torch.device("cpu"))  # validate now, not at the first call
+        self.fn, self.setting = fn, setting
+        self.failed = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget buffers and graph; the next call warms up and records again."""
+        self.signature, self.buffers, self.graph, self.outputs, self.warm_calls = None, (), None, None, 0
+        self.pending = None  # a signature met once since the graph was recorded
+
+    def mode(self, device: torch.device) -> str:
+        return "off" if self.failed else graph_mode(self.setting, device)
+
+    def __call__(self, *inputs: torch.Tensor, **constants):
+        mode = self.mode(inputs[0].device)
+        if mode == "off":
+            return self.fn(*inputs, **constants)
+        signature = (tuple((t.shape, t.dtype, t.device) for t in inputs), tuple(sorted(constants.items())))
+        if signature != self.signature:
+            if self.graph is not None and signature != self.pending:
+                # a single call of another signature (Algorithm 4's last, partial batch of a shard) runs eagerly
+                # and keeps the graph; a second one in a row (a new learning rate) adopts the new signature
+                self.pending = signature
+                return self.fn(*inputs, **constants)
+            self.reset()
+            self.signature = signature
+            self.buffers = tuple(torch.empty_like(t) for t in inputs)
+        self.pending = None
+        for buffer, t in zip(self.buffers, inputs):
+            buffer.copy_(t)
+        if mode == "static":
+            return self.fn(*self.buffers, **constants)
+        if self.graph is None:
+            if self.warm_calls < GRAPH_WARMUP_CALLS:
+                self.warm_calls += 1
+                return self._side_stream(constants)
+            try:
+                self._capture(constants)
+            except Exception as exc:
+                if self.setting == "on":
+                    raise
+                warnings.warn(f"CUDA graph capture failed, running eagerly instead: {exc}", RuntimeWarning)
+                self.failed = True
+                self.reset()
+                return self.fn(*inputs, **constants)
+        self.graph.replay()
+        return _clone(self.outputs)
+
+    def _side_stream(self, constants: dict):
+        device = self.buffers[0].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            out = self.fn(*self.buffers, **constants)
+        # once per signature: nothing allocated on the side stream is still in flight when the caller reuses it
+        torch.cuda.synchronize(device)
+        return out
+
+    def _capture(self, constants: dict) -> None:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records only: the replay that follows runs this call
+            outputs = self.fn(*self.buffers, **constants)
+        self.graph, self.outputs = graph, outputs
+
+
+def _clone(outputs):
+    return tuple(t.clone() for t in outputs) if isinstance(outputs, tuple) else outputs.clone()

@@ -36,7 +36,7 @@ OVERRIDES = {"rho_u": "budget.rho_u", "rho_a": "budget.rho_a", "rho_r": "budget.
              "seed": "seed", "batch_size": "trainer.batch_size",
              "checkpoint_every": "trainer.checkpoint_every", "source_model": "extra.source_model",
              "block_size": "extra.block_size", "amp": "trainer.amp", "compile": "trainer.compile",
-             "memory_format": "trainer.memory_format", "pass_chunk": "trainer.pass_chunk"}
+             "memory_format": "trainer.memory_format", "pass_chunk": "trainer.pass_chunk", "graphs": "trainer.graphs"}
 
 
 def add_arguments(p) -> None:
@@ -74,6 +74,9 @@ def add_arguments(p) -> None:
     g.add_argument("--pass-chunk", metavar="N",
                    help="rows per chunk of an input-gradient pass: auto (default; on a CPU chunks of 128 images at "
                         "32×32, measured faster; on a GPU whole passes), off, or a number of rows")
+    g.add_argument("--graphs", choices=["auto", "on", "off"],
+                   help="run each half of a generator step and each Algorithm-4 batch as one CUDA graph (default "
+                        "auto: on CUDA devices; a CPU runs eagerly, exactly as off)")
     add_ray_arguments(g, train=True)
     add_ray_train_arguments(g)
     g.add_argument("--checkpoint-every", type=int, metavar="N",

@@ -1,8 +1,9 @@
 """Algorithm 1: training the noise generator (surrogate θ) by min-min-max.
 
 Per step i: a minibatch (x, y); δ^u from the shared solver (``noise.solve_noise``); t ~ T;
-δ^a = PGD(t(x + δ^u)) when the method trains θ adversarially; one SGD step on θ with
-ℓ(f_θ(t(x + δ^u) + δ^a), y). The choices of DESIGN.md's table (SEM, REM, REM-θ, REM-δu, EM,
+δ^a = PGD(t(x + δ^u)) when the method trains θ adversarially (:func:`adversarial_inputs`); one SGD step
+on θ with ℓ(f_θ(t(x + δ^u) + δ^a), y) (:func:`theta_update`). On a GPU each of the two halves runs as
+one CUDA graph (``trainer.graphs``, :class:`~sem_dist.device.CapturedCall`). The choices of DESIGN.md's table (SEM, REM, REM-θ, REM-δu, EM,
 Table 7's rows) are all configurations of this one loop.
 
 Randomness is a pure function of (seed, step): every step reseeds its stream from those, and minibatches
@@ -26,9 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..device import autocast, prepare_for
+from ..device import CapturedCall, autocast, prepare_for
 from ..models import build_model, unwrap
-from ..rng import RNG_SCHEME, CounterStream, make_generator
+from ..rng import RNG_SCHEME, CounterStream, make_generator, row_keys
 from .noise import NoiseSpec, solve_noise
 from .pgd import frozen, pgd
 
@@ -82,13 +83,11 @@ def lr_at(cfg: ProtectConfig, step: int) -> float:
     return t.lr * (t.lr_gamma ** (step // t.lr_step)) if t.lr_step > 0 else t.lr
 
 
-def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              cfg: ProtectConfig, spec: NoiseSpec, stream, loss_scale: float | None = None) -> dict[str, float]:
-    """One iteration of Algorithm 1 (lines 2–12). ``model`` may be DDP-wrapped: only θ's update goes
-    through the wrapper (and its gradient all-reduce); δ^u and δ^a are solved on the plain module and
-    need no communication. ``loss_scale`` multiplies the summed loss (default 1/len(x), the mean); a
-    worker holding part of a global batch B among W workers uses W/B, so DDP's average is the global mean."""
-    net = unwrap(model)
+def adversarial_inputs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ProtectConfig, spec: NoiseSpec,
+                       stream) -> torch.Tensor:
+    """Algorithm 1 lines 2–11 on the plain module ``net`` (never a DDP wrapper: these passes need no
+    communication): δ^u from the solver, t ~ T and, when θ is trained adversarially, δ^a = PGD(t(x + δ^u)).
+    Returns θ's training inputs t(x + δ^u) + δ^a."""
     with frozen(net):
         delta_u = solve_noise(net, x, y, spec, stream)
         xt = spec.transform.sample(x + delta_u, stream)
@@ -96,14 +95,22 @@ def alg1_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
             xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
                           stream=stream if cfg.attack.random_start else None, amp=spec.amp,
                           chunk=spec.chunk_rows(xt))
+    return xt
+
+
+def theta_update(model: nn.Module, optimizer: torch.optim.Optimizer, xt: torch.Tensor, y: torch.Tensor,
+                 amp: bool, loss_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 line 12: one SGD step on θ with ``loss_scale`` · Σ ℓ(f_θ(xt), y), through ``model`` (a DDP
+    wrapper all-reduces the gradient). Returns the summed loss and the count of correct predictions as
+    tensors: reading them waits for the device, which the caller does once per step."""
     model.train()
-    with autocast(x.device, spec.amp):
+    with autocast(xt.device, amp):
         logits = model(xt)
     loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
     optimizer.zero_grad(set_to_none=True)
-    (loss_sum * (1.0 / len(y) if loss_scale is None else loss_scale)).backward()
+    (loss_sum * loss_scale).backward()
     optimizer.step()
-    return {"loss": float(loss_sum.detach()) / len(y), "acc": float((logits.argmax(1) == y).float().mean())}
+    return loss_sum.detach(), (logits.argmax(1) == y).sum()
 
 
 @dataclass
@@ -115,6 +122,21 @@ class GeneratorTraining:
     optimizer: torch.optim.Optimizer
     spec: NoiseSpec
     step: int = 0
+
+    def __post_init__(self) -> None:
+        # each half of a step as one CapturedCall (trainer.graphs): on a GPU a step replays two CUDA graphs
+        # instead of launching thousands of kernels. θ's update through a DDP wrapper stays eager: its
+        # gradient all-reduce is not captured.
+        net = unwrap(self.model)
+        graphs = self.cfg.trainer.graphs
+        self._inputs = CapturedCall(
+            lambda x, y, keys: adversarial_inputs(net, x, y, self.cfg, self.spec, CounterStream(keys)), graphs)
+        self._update = CapturedCall(self._theta_update, graphs if net is self.model else "off")
+
+    def _theta_update(self, xt: torch.Tensor, y: torch.Tensor, *, lr: float, loss_scale: float):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return theta_update(self.model, self.optimizer, xt, y, self.spec.amp, loss_scale)
 
     @classmethod
     def create(cls, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,
@@ -132,16 +154,14 @@ class GeneratorTraining:
 
     def run_step(self, x: torch.Tensor, y: torch.Tensor, rank: int = 0, world: int = 1) -> dict[str, float]:
         """One step on this worker's rows ``rank::world`` of the global batch ``(x, y)`` given here
-        already sliced; the random draws are made for the same rows only (keyed by their global index)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.cfg, self.step)
+        already sliced; the random draws are made for the same rows only (keyed by their global index).
+        The loss is scaled by W/B, so DDP's average over W workers is the mean over the global batch."""
         batch = self.cfg.trainer.batch_size if world > 1 else x.shape[0]
-        stream = CounterStream.for_rows(step_seed(self.cfg.seed, self.step),
-                                        torch.arange(rank, batch, world, device=x.device))
-        stats = alg1_step(self.model, self.optimizer, x, y, self.cfg, self.spec, stream,
-                          loss_scale=world / batch)
+        keys = row_keys(step_seed(self.cfg.seed, self.step), torch.arange(rank, batch, world, device=x.device))
+        xt = self._inputs(x, y, keys)
+        loss_sum, correct = self._update(xt, y, lr=lr_at(self.cfg, self.step), loss_scale=world / batch)
         self.step += 1
-        return stats
+        return {"loss": float(loss_sum) / len(y), "acc": float(correct) / len(y)}
 
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -161,7 +181,8 @@ class GeneratorTraining:
             raise ValueError(f"checkpoint was written with random scheme {scheme!r}; this sem_dist draws with "
                              f"{RNG_SCHEME!r}: start the run afresh")
         unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # new momentum tensors: graphs must record again
+        self._update.reset()
         self.step = int(state["step"])
 
 

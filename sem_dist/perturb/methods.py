@@ -15,9 +15,8 @@ from ..models import build_model
 from ..rng import CounterStream
 from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator
-from .noise import NoiseSpec, solve_noise
+from .noise import KeyedSolver, NoiseSpec
 from .ntga import NeuralTangentGeneralizationAttack
-from .pgd import frozen
 from .sc import SyntheticShortcut
 from .tap import TargetedAdversarialPoisoning
 
@@ -32,6 +31,7 @@ class MinMinMax(NoiseMethod):
         self.spec = NoiseSpec.from_config(self.cfg, self.image_side)
         net = build_model(self.cfg.trainer.arch, self.num_classes, self.in_channels)
         self.model = prepare_for(self.cfg.trainer, net, self.device)
+        self.solver = KeyedSolver(self.model, self.spec, self.cfg.trainer.graphs)
 
     def fit(self, data, *, checkpoint_dir=None, resume=False, progress=None) -> None:
         training = train_generator(self.cfg, data, self.num_classes, self.in_channels, self.image_side,
@@ -45,8 +45,7 @@ class MinMinMax(NoiseMethod):
         self.model.load_state_dict(unwrap(training.model).state_dict())
 
     def perturb(self, x, y, ids):
-        with frozen(self.model):
-            return solve_noise(self.model, x, y, self.spec, CounterStream.for_samples(self.cfg.seed, ids, x.device))
+        return self.solver(x, y, CounterStream.for_samples(self.cfg.seed, ids, x.device).keys)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}

@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 
 from ..config import ProtectConfig
-from ..device import resolve_pass_chunk
-from ..rng import uniform_ball
+from ..device import CapturedCall, resolve_pass_chunk
+from ..rng import CounterStream, uniform_ball
 from .attacks import get_attack
-from .pgd import input_gradient, project
-from .transforms import Transform, get_transform
+from .pgd import frozen, input_gradient, project
+from .transforms import Transform, get_transform, repeat_rows
 
 
 class RepeatStream:
@@ -89,7 +89,7 @@ def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: to
     run as chunks of rows where that is faster (``spec.chunk_rows``); the model's input gradient is then
     taken back through the clamp and t_j to δ^u in one more (cheap) backward."""
     j = spec.samples
-    y_rep = y.repeat_interleave(j)
+    y_rep = repeat_rows(y, len(y) * j)
     delta = delta.detach().requires_grad_(True)
     xt = spec.transform.sample(x + delta, rows)  # J rows per sample, without J copies of x + δ^u first
     delta_j = inner_perturbation(model, xt.detach(), y_rep, spec, rows)
@@ -112,3 +112,22 @@ def solve_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: NoiseS
         grad = noise_gradient(model, x, y, delta, spec, rows)
         delta = project(x, delta - spec.alpha_u * grad.sign(), spec.rho_u)
     return delta
+
+
+class KeyedSolver:
+    """Algorithm 4's solve: δ^u for batches whose rows are keyed per sample (``CounterStream`` keys, e.g. from
+    ``(seed, sample id)``) on ``model`` frozen, as one :class:`~sem_dist.device.CapturedCall`: with
+    ``graphs`` (``trainer.graphs``) on a GPU, each batch of the usual shape replays one CUDA graph of the
+    K_u·(J·B-image pass + sign step + projection) solve; a batch of another shape (the last) runs eagerly.
+    The model's weights are read in place, so loading new ones (``load_state_dict``) needs no new graph."""
+
+    def __init__(self, model: nn.Module, spec: NoiseSpec, graphs: str = "auto"):
+        self.model, self.spec = model, spec
+        self._solve = CapturedCall(self._run, graphs)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        with frozen(self.model):
+            return solve_noise(self.model, x, y, self.spec, CounterStream(keys))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self._solve(x, y, keys)

@@ -110,8 +110,14 @@ def identity(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Each row of ``x`` n/len(x) times in a row (sample-major), the layout of ``u``'s rows."""
-    return x if n == x.shape[0] else x.repeat_interleave(n // x.shape[0], dim=0)
+    """Each row of ``x`` n/len(x) times in a row (sample-major), the layout of ``u``'s rows.
+
+    By expand and copy rather than ``repeat_interleave``, whose general form sizes its output from device
+    values: a host synchronisation that a CUDA graph cannot record (``device.CapturedCall``)."""
+    if n == x.shape[0]:
+        return x
+    rows = x.shape[0]
+    return x.unsqueeze(1).expand(rows, n // rows, *x.shape[1:]).reshape(n, *x.shape[1:])
 
 
 @dataclass(frozen=True)
