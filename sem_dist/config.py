@@ -102,7 +102,7 @@ class Trainer:
     memory_format: str = "auto"  # auto | channels_last | contiguous (auto: channels_last, measured faster)
     compile: str = "auto"  # auto | on | off: torch.compile (auto: on for long runs of models it speeds up)
     pass_chunk: str | int = "auto"  # auto | off | N: rows per chunk of an input-gradient pass (auto: by device)
-    graphs: str = "auto"  # auto | on | off: fixed-shape work through static buffers, CUDA graphs on a GPU (auto: on CUDA)
+    graphs: str = "auto"  # auto | on | off: fixed-shape work as CUDA graphs over static buffers (auto: on CUDA)
 
 
 @dataclass

@@ -6,9 +6,10 @@ uncaptured), which is what its test does at a tiny size.
 
 Defaults: CIFAR ResNet-18, B = 128, the paper's K_u = 10, J = 5, K_a = 10, random 3×32×32 data and labels.
 Each variant is built, warmed up (WARMUP_STEPS steps: the graphed ones record their graphs there), timed over
-``--reps`` steps (median) and released before the next, so each has the GPU and its memory to itself; a
-variant that fails leaves ``<key>_error`` (one line) and the others run. Progress: one line per variant on
-stderr. Keys (times in seconds, medians):
+``--reps`` steps (median) and released before the next, so each has the GPU and its memory to itself; the eager
+variants run first, then the graphed ones. A variant that fails leaves ``<key>_error`` (one line) and the
+others run; ``--out`` is rewritten after every variant. Progress: one line per variant on stderr. Keys (times
+in seconds, medians):
 
 - sem_step_s, sem_bf16_step_s, sem_graphed_step_s, sem_graphed_bf16_step_s: one SEM step (Algorithm 1) eager
   fp32, eager under bf16 autocast (fp32 master weights), as CUDA graphs (``trainer.graphs: on``) fp32, bf16.
@@ -119,8 +120,9 @@ def _peak_memory(device: torch.device, key: str) -> dict:
     return {f"peak_memory_gib_{key}": torch.cuda.max_memory_allocated(device) / 2 ** 30}
 
 
-def _attempt(out: dict, key: str, device: torch.device, fn: Callable[[], dict]) -> None:
-    """Run one variant; its keys into ``out``, or ``<key>_error`` with the failure's first line."""
+def _attempt(out: dict, key: str, device: torch.device, path: str | None, fn: Callable[[], dict]) -> None:
+    """Run one variant; its keys into ``out``, or ``<key>_error`` with the failure's first line. With ``path``
+    the result so far is written there after every variant, so a run cut short still leaves its figures."""
     _release(device)
     _progress(f"{key} ...")
     t0 = time.perf_counter()
@@ -133,6 +135,13 @@ def _attempt(out: dict, key: str, device: torch.device, fn: Callable[[], dict]) 
         _progress(f"{key} failed after {time.perf_counter() - t0:.1f} s: {out[f'{key}_error']}")
     finally:
         _release(device)
+    if path:
+        _write(out, path)
+
+
+def _write(result: dict, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1, sort_keys=True)
 
 
 def _median_time(device: torch.device, fn: Callable[[], object], warmup: int, reps: int) -> float:
@@ -308,27 +317,34 @@ def run(quick: bool = False, verbose: bool = True, device: str = "auto", arch: s
     y = torch.randint(0, 10, (batch_size,), device=dev)
     sem = bench_config("sem", overrides)
 
-    _attempt(result, "flops", dev, lambda: _flops(arch, dev, (3, 32, 32)))
-    _attempt(result, "matmul_peak", dev, lambda: _matmul_peak(dev, matmul_size))
+    _attempt(result, "flops", dev, out, lambda: _flops(arch, dev, (3, 32, 32)))
+    _attempt(result, "matmul_peak", dev, out, lambda: _matmul_peak(dev, matmul_size))
     net = prepare_for(sem.trainer, build_model(arch, 10, 3, seed=0), dev)
-    for key, amp, graphs in PASS_VARIANTS:
-        _attempt(result, f"input_grad_pass{key}", dev, lambda: _input_grad_pass(key, net, x, y, amp, graphs, reps))
-    _attempt(result, "train_pass", dev, lambda: _train_pass(net, x, y, reps))
-    for key, method, amp, graphs in STEP_VARIANTS:
-        cfg = bench_config(method, {**overrides, "trainer.amp": amp, "trainer.graphs": graphs})
-        n = reps if method == "sem" else slow_reps
-        _attempt(result, key, dev, lambda: _step(key, cfg, x, y, n))
-    _attempt(result, "alg1_agreement", dev, lambda: _alg1_agreement(sem, x, y))
     spec = NoiseSpec.from_config(sem, 32)
-    for key, amp, graphs in PASS_VARIANTS:
-        _attempt(result, f"alg4{key}", dev,
-                 lambda: _alg4(key, net, dataclasses.replace(spec, amp=amp), graphs, regen_batch, slow_reps))
-    _attempt(result, "alg4_agreement", dev, lambda: _alg4_agreement(net, spec, regen_batch))
+    for phase in ("off", "on"):  # every eager figure first: a capture that took the process down leaves them in --out
+        for key, amp, graphs in PASS_VARIANTS:
+            if graphs == phase:
+                _attempt(result, f"input_grad_pass{key}", dev, out,
+                         lambda: _input_grad_pass(key, net, x, y, amp, graphs, reps))
+        if phase == "off":
+            _attempt(result, "train_pass", dev, out, lambda: _train_pass(net, x, y, reps))
+        for key, method, amp, graphs in STEP_VARIANTS:
+            if graphs == phase:
+                cfg = bench_config(method, {**overrides, "trainer.amp": amp, "trainer.graphs": graphs})
+                n = reps if method == "sem" else slow_reps
+                _attempt(result, key, dev, out, lambda: _step(key, cfg, x, y, n))
+        if phase == "on":
+            _attempt(result, "alg1_agreement", dev, out, lambda: _alg1_agreement(sem, x, y))
+        for key, amp, graphs in PASS_VARIANTS:
+            if graphs == phase:
+                _attempt(result, f"alg4{key}", dev, out,
+                         lambda: _alg4(key, net, dataclasses.replace(spec, amp=amp), graphs, regen_batch, slow_reps))
+        if phase == "on":
+            _attempt(result, "alg4_agreement", dev, out, lambda: _alg4_agreement(net, spec, regen_batch))
     _derived(result, sem, batch_size)
     bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         result["nonfinite"] = bad
     if out:
-        with open(out, "w") as fh:
-            json.dump(result, fh, indent=1, sort_keys=True)
+        _write(result, out)
     return result

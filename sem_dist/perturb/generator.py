@@ -3,8 +3,8 @@
 Per step i: a minibatch (x, y); δ^u from the shared solver (``noise.solve_noise``); t ~ T;
 δ^a = PGD(t(x + δ^u)) when the method trains θ adversarially (:func:`adversarial_inputs`); one SGD step
 on θ with ℓ(f_θ(t(x + δ^u) + δ^a), y) (:func:`theta_update`). On a GPU each of the two halves runs as
-one CUDA graph (``trainer.graphs``, :class:`~sem_dist.device.CapturedCall`). The choices of DESIGN.md's table (SEM, REM, REM-θ, REM-δu, EM,
-Table 7's rows) are all configurations of this one loop.
+one CUDA graph (``trainer.graphs``, :class:`~sem_dist.device.CapturedCall`). The choices of DESIGN.md's
+table (SEM, REM, REM-θ, REM-δu, EM, Table 7's rows) are all configurations of this one loop.
 
 Randomness is a pure function of (seed, step): every step reseeds its stream from those, and minibatches
 come from seeded epoch permutations. A checkpoint therefore needs only the step to resume the exact
