@@ -2,7 +2,7 @@
 
     python -m sem_dist.bench seeds [--generator-seeds 0,1,2] [--victim-seeds 0,1,2] [--kernels native,avx2] --json
 
-At the demo's settings (``demo.DemoSettings``: digits, small CNN, M = 200, ρ_u = 16/255), every generator seed
+At the demo's settings (``demo.DemoSettings``: digits, small CNN, M = 100, J = 1, ρ_u = 16/255), every generator seed
 protects the training set once per method and every victim seed trains a standard and an adversarially trained
 victim on each protected copy (and on the clean set), all as one-CPU Ray tasks through the demo's own cells
 (``demo.protect_cell``, ``demo.victim_cell``), so the grid's diagonal (generator seed = victim seed) is exactly
