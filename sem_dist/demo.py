@@ -37,8 +37,8 @@ class DemoSettings:
     methods: tuple[str, ...] = ("sem", "rem")
     seeds: tuple[int, ...] = (0, 1, 2)  # each seeds a generator per method and the victims of its row
     # generator (Algorithm 1 / 4): docs/evidence.md's CPU scale; the paper's Table 9 values in comments
-    # M, J and the victims' epochs are sized for ~10 min on 2 cores with three seeds (docs/demo.md): SEM and REM
-    # protect as much at M = 100 as at 200 against adversarial training (docs/evidence.md §3), less against standard
+    # M, J and the victims' epochs are sized for ~10 min on 2 cores with three seeds; measured cost against M = 200,
+    # J = 2, 10 epochs: SEM's victims 19-20 points higher, REM's about the same (docs/demo.md "Settings and why")
     steps: int = 100  # M (paper 5000)
     rho_u: str = "16/255"  # paper 8/255: protects nothing at CPU scale (docs/evidence.md)
     rho_a: str = "4/255"  # the generator's ρ_a (= ρ_r) and the adversarially trained victim's
