@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import ProtectConfig, resolve_config
 from .data.canonical import DatasetWriter, Manifest
+from .data.info import SplitTooLarge
 from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecord, BadRecordPolicy
 from .data.storage import DataError, Location, StorageOptions, open_location, redact_uri, storage_errors
@@ -34,7 +35,7 @@ from .device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
 from .stages.commit import already_done, commit
-from .stages.fit import METHOD_CHECKPOINT, FitPlan, check_stream, fit, read_checkpoint, save_method
+from .stages.fit import METHOD_CHECKPOINT, FitPlan, choose_feed, fit, read_checkpoint, save_method
 from .stages.read import Input, open_input
 from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local, unit_count
 
@@ -316,9 +317,9 @@ def checkpoint_location(req: ProtectRequest, out: Location) -> str:
 def protect(req: ProtectRequest) -> Manifest:
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
-    check_stream(inp, req.stream)
-    run = Run.open(inp, req.output(), req.engine(), t_start)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
+    choose_feed(cfg, inp, req.engine().workers, req.stream, ray_train=False)  # its refusals, before any write
+    run = Run.open(inp, req.output(), req.engine(), t_start)
     engine = run.engine
     files = input_files(inp)
     fp = fingerprint(cfg, inp, run.opts, files)
@@ -335,7 +336,7 @@ def protect(req: ProtectRequest) -> Manifest:
                        req.cpus_per_worker, req.resource_timeout_s, req.shared_fs, req.stream)
         try:
             method, metrics = fit(cfg, inp, device, plan, BadRecordPolicy(req.on_bad_record))
-        except BadRecord:
+        except (BadRecord, SplitTooLarge):  # nothing worth resuming: the next run starts afresh
             run.writer.clear()
             raise
         state = method_state(method)

@@ -63,6 +63,37 @@ def test_bundled_digits_with_workers_train_on_ray_from_the_object_store(ray_clus
     assert not (tmp_path / "nope").exists()
 
 
+def test_one_worker_streams_a_split_above_the_threshold_and_what_cannot_stream_is_refused(ray_cluster, cli, tmp_path,
+                                                                                           tiny_digits, monkeypatch):
+    """--workers 1 (the default) with a local checkpoint folder: a split at or above the threshold (lowered
+    here to 1,000 bytes; 40 digits hold 40 KiB) trains on Ray Train with one worker streaming it through Ray
+    Data, never in the driver. A split that cannot stream is refused in one line naming the way out, before
+    anything is written (known size), or as soon as the read passes the threshold (unknown size)."""
+    from sem_dist.data import save_dataset
+
+    save_dataset(tiny_digits[0], str(tmp_path / "data"))
+    monkeypatch.setenv("SEM_DIST_STREAM_MIN_BYTES", "1000")
+    code, out, err = cli("protect", "--data", tmp_path / "data", "--out", tmp_path / "one", *TINY)
+    assert code == 0, err
+    assert f"Algorithm 1 on Ray Train (1 worker(s)): {tmp_path / 'data'} (0.0 MiB of pixels) streamed from " \
+           "storage through Ray Data" in err
+    p = json.loads((tmp_path / "one" / "manifest.json").read_text())["protection"]
+    assert (p["train_feed"], p["train_workers"]) == ("ray-data", 1) and "protected 40 images" in out
+
+    for flags, named in ((["--method", "tap"], "--method tap fits on the whole split and cannot stream; pass "
+                                               "--no-stream to load it anyway"),
+                         (["--workers", "3"], "streaming needs --batch-size 16 to split evenly among --workers 3")):
+        code, _, err = cli("protect", "--data", tmp_path / "data", "--out", tmp_path / "nope", *TINY, *flags)
+        line = error_line(err)
+        assert code == 1 and "holds 0.0 MiB of pixels, at or above the 0.0 MiB loaded into one process " \
+            "($SEM_DIST_STREAM_MIN_BYTES)" in line and named in line, line
+        assert not (tmp_path / "nope").exists()
+    code, _, err = cli("protect", "--data", "digits", "--out", tmp_path / "digits", *TINY)
+    line = error_line(err)
+    assert code == 1 and "digits?split=train holds more than 0.0 MiB of pixels (stopped reading there)" in line
+    assert "`sem-dist convert` it to a canonical dataset, which streams" in line
+
+
 def test_a_hugging_face_parquet_folder_is_protected_from_its_train_split_on_ray(ray_cluster, cli, tmp_path):
     """The Hub layout `train-0000k-of-00002.parquet` (+ a test split): protect takes the train split without
     ?split=, on Ray too (Algorithm 1 streamed through Ray Data, Algorithm 4 on Ray Data), as --help and

@@ -14,9 +14,11 @@ def add_ray_train_arguments(g) -> None:
                    help="a local --checkpoint-dir is on a file system every node of the Ray cluster mounts "
                         "(NFS, EFS, ...); without it a local folder is refused on a multi-node cluster")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help="Ray Train workers stream the input from storage through Ray Data instead of one in-memory "
-                        "copy in the object store (default: stream inputs of 256 MiB of pixels or more, and those of "
-                        "unknown size; never digits, mnist: or cifar: files, which load in this process)")
+                   help="Ray Train workers (one with --workers 1) stream the input from storage through Ray Data "
+                        "instead of loading it into this process (and the object store) (default: stream inputs of "
+                        "256 MiB of uint8 pixels or more, $SEM_DIST_STREAM_MIN_BYTES, and on Ray Train those of unknown "
+                        "size; digits, mnist: and cifar: files load here). A larger input that cannot stream (tap, sc, "
+                        "ntga; a batch size --workers does not divide) is refused unless --no-stream asks for the load")
 
 
 def ray_train_request_fields(args) -> dict:

@@ -11,6 +11,10 @@ augmentation), all composable.
 Units: radii are ℓ∞ in [0,1] pixel units and accept fractions (--adv-rho 4/255 = 4 grey levels);
 ratios are fractions in [0,1]; --patience and --steps count SGD steps (minibatches).
 
+Data: one seed on data below 256 MiB of uint8 pixels loads them in this process (stderr says so); more
+seeds, or larger data, train one Ray task per seed that reads --train/--test from storage itself, so this
+process never holds the split (docs/evaluation.md).
+
 Output: one line per seed and a mean ± std summary; a JSON record (--record, RobustBench style) and a
 learning-curve PNG next to it. With --json the last stdout line is a JSON object with test_acc,
 test_acc_std, seeds and the record's path.
@@ -93,10 +97,12 @@ def add_arguments(p) -> None:
                         "--train was protected without --keep-noise")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
                    help="one victim per seed, reported as mean ± std (the paper: 0,6178,42; default: 0). Two or "
-                        "more seeds train at the same time, one Ray task (one CPU) each, on --address or an "
-                        "embedded local Ray; the numbers equal a --sequential run's")
+                        "more seeds (or one seed on data of 256 MiB of uint8 pixels or more, $SEM_DIST_STREAM_MIN_BYTES) "
+                        "train as Ray tasks (one CPU each) on --address or an embedded local Ray, each reading the "
+                        "data from storage itself; the numbers equal a --sequential run's")
     p.add_argument("--sequential", action="store_true",
-                   help="train the seeds one after another in this process (no Ray)")
+                   help="train the seeds one after another in this process, which loads the data (no Ray); refused "
+                        "for data of 256 MiB of pixels or more")
     p.add_argument("--address", metavar="ADDR",
                    help="Ray cluster for the per-seed tasks (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--gpus-per-victim", type=float, default=0.0, metavar="G",
@@ -113,14 +119,40 @@ def add_arguments(p) -> None:
     add_verbose_argument(p)
 
 
+def _pixel_bytes(data, storage) -> int | None:
+    """Bytes of uint8 pixels the victims' data hold, from metadata alone (None: unknown before reading)."""
+    from ..stages.read import open_input
+
+    sizes = [open_input(uri, storage).info.pixel_bytes for uri in (data.train, data.test, data.clean) if uri]
+    return None if None in sizes else sum(sizes)
+
+
+def _in_process(args, size: int | None) -> bool:
+    """Whether the victims train in this process (which then loads the data): --sequential, or one seed on
+    data below the streaming threshold. Otherwise each victim is a Ray task that reads the data itself."""
+    import sys
+
+    from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_bytes
+
+    limit = stream_min_bytes()
+    big = size is not None and size >= limit
+    if args.sequential and big:
+        raise SplitTooLarge(f"--sequential would load {mib(size)} of pixels into this process, at or above "
+                            f"{mib(limit)} (${STREAM_MIN_BYTES_ENV}); drop --sequential: each victim then reads "
+                            "the data in its own Ray task")
+    local = args.sequential or (len(args.seeds) == 1 and size is not None and not big)
+    held = "size unknown before reading" if size is None else f"{mib(size)} of pixels"
+    where = "loaded in this process" if local else "read from storage by each victim's Ray task, not by this process"
+    print(f"sem-dist evaluate: --train and --test ({held}) {where}", file=sys.stderr)
+    return local
+
+
 def run(args) -> int:
     from ..analysis.figures import plot_learning_curves
-    from ..data import load_dataset
     from ..device import resolve_device
     from ..progress import bar
     from ..victims.defenses import parse_defenses
-    from ..victims.evaluate import evaluate_victims
-    from ..victims.poisoning import attach_clean_originals
+    from ..victims.evaluate import VictimData, evaluate_victims, seed_configs, victim_record
     from ..victims.train import VictimConfig
 
     cfg = VictimConfig(arch=args.arch, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -130,22 +162,10 @@ def run(args) -> int:
                        val_clean_ratio=args.val_clean_ratio, defenses=[str(d) for d in parse_defenses(args.defense)]).validate()
     device = resolve_device(args.device)
     storage = storage_options(args)
-    train, test = load_dataset(args.train, storage=storage), load_dataset(args.test, storage=storage)
-    if args.clean:
-        train = attach_clean_originals(train, load_dataset(args.clean, storage=storage))
-    if train.classes != test.classes:
-        raise ValueError(f"--train and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
-    planned = cfg.total_steps(len(train))  # an upper bound: poisoning and hold-out shrink the set
-    if len(args.seeds) > 1 and not args.sequential:
-        from ..distributed.cells import train_victims
-
-        with bar(len(args.seeds), f"victims ({cfg.arch}, one Ray task per seed)", unit="victim") as pb:
-            def runner(configs):
-                return train_victims(configs, train, test, gpus=args.gpus_per_victim, address=args.address,
-                                     progress=lambda i: pb.update(1))
-            record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train,
-                                      test_uri=args.test, runner=runner)
-    else:
+    data = VictimData(args.train, args.test, args.clean, storage)
+    if _in_process(args, _pixel_bytes(data, storage)):
+        train, test = data.load()
+        planned = cfg.total_steps(len(train))  # an upper bound: poisoning and hold-out shrink the set
         with bar(planned * len(args.seeds), f"victims ({cfg.arch})", unit="step") as pb:
             def progress(i: int, stats: dict) -> None:
                 pb.n = i * planned + stats["step"]
@@ -153,6 +173,17 @@ def run(args) -> int:
                 pb.refresh()
             record = evaluate_victims(cfg, train, test, device, args.seeds, train_uri=args.train,
                                       test_uri=args.test, progress=progress)
+    else:
+        import time
+
+        from ..distributed.cells import train_victims
+
+        t0 = time.perf_counter()
+        with bar(len(args.seeds), f"victims ({cfg.arch}, one Ray task per seed)", unit="victim") as pb:
+            runs, described = train_victims(seed_configs(cfg, args.seeds), data, gpus=args.gpus_per_victim,
+                                            address=args.address, progress=lambda i: pb.update(1))
+        record = victim_record(cfg, args.seeds, runs, described, str(device), time.perf_counter() - t0,
+                               args.train, args.test)
     path = Path(args.record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))

@@ -4,8 +4,9 @@ Ray tasks of one CPU each, so a cluster finishes a grid in about the time of its
 
 A cell is any module-level function; it runs with torch limited to one thread (the task's one CPU:
 more threads would only fight the neighbouring cells for the cores). Arguments that are
-``ObjectRef``s (a generator's noise, a dataset put once) are resolved by Ray before the cell starts, so a
-victim cell submitted together with its generator simply waits for it.
+``ObjectRef``s (a generator's noise) are resolved by Ray before the cell starts, so a victim cell submitted
+together with its generator simply waits for it. Datasets travel as URIs and each cell reads its own: a
+driver never gathers a split, and the object store never holds one.
 
 A cell whose worker process or node is lost (a reclaimed spot node, the OOM killer) runs again, up to
 ``CELL_RETRIES`` times; Ray also reruns a finished cell whose output was on a lost node when a later cell
@@ -37,34 +38,35 @@ def submit(fn: Callable, *args, num_gpus: float = 0.0, **kwargs):
     return task.remote(fn, *args, **kwargs)
 
 
-def _victim(cfg, train, test, device_name: str):
+def _victim(cfg, data, device_name: str):
+    """One victim, reading its data from storage in this task: no copy of the split passes the driver."""
     from ..device import resolve_device
+    from ..victims.evaluate import describe
     from ..victims.train import train_victim
 
+    train, test = data.load()
     result = train_victim(cfg, train, test, resolve_device(device_name))
     result.model = None  # the trained network stays in the task; the record needs only the numbers
-    return result
+    return result, describe(train, test)
 
 
-def train_victims(configs: Sequence, train, test, *, gpus: float = 0.0, address: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> list:
-    """One Ray task per victim config (``sem-dist evaluate --seeds``), results in the order given.
-    The datasets go into Ray's object store once and every task reads that copy; ``progress(i)`` is called
-    as config ``i`` finishes."""
-    import ray
-
+def train_victims(configs: Sequence, data, *, gpus: float = 0.0, address: str | None = None,
+                  progress: Callable[[int], None] | None = None) -> tuple[list, dict]:
+    """One Ray task per victim config (``sem-dist evaluate``): the results in the order given and what the
+    record says of the data (``victims.evaluate.describe``). Each task reads ``data``
+    (a ``victims.evaluate.VictimData``) from storage itself; ``progress(i)`` is called as config ``i`` finishes."""
     from .cluster import connect
 
     connect(address)
-    train_ref, test_ref = ray.put(train), ray.put(test)
     device = "cuda" if gpus > 0 else "cpu"
     results: list = [None] * len(configs)
-    start = lambda i: submit(_victim, configs[i], train_ref, test_ref, device, num_gpus=gpus)  # noqa: E731
-    for i, result in run_in_order(range(len(configs)), start, lambda i, finished: True):
+    described: dict = {}
+    start = lambda i: submit(_victim, configs[i], data, device, num_gpus=gpus)  # noqa: E731
+    for i, (result, described) in run_in_order(range(len(configs)), start, lambda i, finished: True):
         results[i] = result
         if progress is not None:
             progress(i)
-    return results
+    return results, described
 
 
 def run_in_order(order: Sequence, start: Callable[[Any], Any], ready: Callable[[Any, set], bool],

@@ -1,12 +1,16 @@
 """Fit stage (Algorithm 1, or whatever the method learns): in this process (``pipeline.fit_method``) or
 on Ray Train (``distributed.train.fit_method_distributed``) — same inputs, same fitted method.
 
-On Ray Train the data reaches the workers one of two ways: small inputs (below ``stream_min_bytes`` of
-pixels) are loaded once and put into the object store, exactly as the in-process loop samples them;
-larger ones (or any, with ``--stream``) stream from storage through Ray Data (``distributed.dataset.
-read_rows``), so neither the driver nor any worker ever holds the whole split (docs/ray-train.md).
-Sources Ray Data cannot read (bundled digits, ``mnist:``/``cifar10:``/``cifar100:`` files, all small) always
-take the object store. Either way one line on stderr says which.
+The split reaches the fit one of three ways (:func:`choose_feed`, one line on stderr says which):
+- ``ray-data``: Ray Train workers (one with ``--workers 1``) stream it from storage through Ray Data
+  (``distributed.dataset.read_rows``), so neither the driver nor any worker holds the whole split
+  (docs/ray-train.md). Algorithm-1 methods take it for inputs of ``data.info.stream_min_bytes()`` of pixels
+  or more, for inputs of unknown size on Ray Train, and with ``--stream``;
+- ``in-process`` / ``object-store``: the split is loaded into this process (and, on Ray Train, put into the
+  object store once), exactly as the in-process loop samples it. Only below the threshold, or with an
+  explicit ``--no-stream``: a split known to be larger that cannot stream (TAP, SC, NTGA; a batch size the
+  workers cannot split evenly; digits and mnist:/cifar: files) is refused in one line before anything is
+  written, and a split of unknown size stops loading at the threshold with the same kind of line.
 
 The fitted method is then saved as one small checkpoint (:func:`save_method`) next to the output's
 staging area: regeneration workers load it from there, and ``--resume`` skips fitting when it exists.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ProtectConfig
+from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_bytes
 from ..data.records import BadRecordPolicy
 from ..data.storage import DataError, Location, StorageOptions, open_location
 from ..perturb.methods import NoiseMethod
@@ -28,7 +33,7 @@ from ..pipeline import fit_method
 from .read import Input, load_arrays
 
 METHOD_CHECKPOINT = "method.pt"
-STREAM_MIN_BYTES = 256 << 20  # pixels below this go into the object store once; above, they stream
+IN_PROCESS, OBJECT_STORE, RAY_DATA = "in-process", "object-store", "ray-data"  # the feeds (manifest train_feed)
 NOT_RAY_READABLE = ("Ray Data reads canonical datasets, imagefolder:, parquet: and webdataset:; bundled digits "
                     "and mnist:/cifar: files are small and read here")
 
@@ -44,19 +49,23 @@ class FitPlan:
     cpus_per_worker: float = 1.0
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     shared_fs: bool = False  # a local checkpoint folder every node of a multi-node cluster mounts
-    stream: bool | None = None  # Ray Train fed by Ray Data: None = when the input has >= stream_min_bytes
-    stream_min_bytes: int = STREAM_MIN_BYTES
+    stream: bool | None = None  # Ray Train fed by Ray Data: None = by size (see choose_feed)
 
 
 def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         policy: BadRecordPolicy) -> tuple[NoiseMethod, dict]:
-    """The fitted method and the training metrics (workers, steps/s, resumed-from step)."""
+    """The fitted method and the training metrics (workers, steps/s, resumed-from step, feed)."""
     from ..distributed.train import uses_ray_train
 
-    if not uses_ray_train(plan.workers, plan.checkpoint_dir):
-        data = load_arrays(inp, policy)
+    ray_train = uses_ray_train(plan.workers, plan.checkpoint_dir)
+    feed = choose_feed(cfg, inp, plan.workers, plan.stream, ray_train)
+    _say_feed(cfg, inp, plan.workers, plan.stream, feed)
+    # an explicit --no-stream loads whatever the size; otherwise a split of unknown size stops at the threshold
+    cap = None if plan.stream is False else stream_min_bytes()
+    if feed == IN_PROCESS:
+        data = load_arrays(inp, policy, cap, _stream_hint(cfg, inp, plan.workers))
         method = fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume)
-        return method, {"workers": 1, "feed": "in-process"}
+        return method, {"workers": 1, "feed": IN_PROCESS}
     from ..distributed.train import RayTrainOptions, fit_method_distributed
     from ..progress import enabled
 
@@ -66,9 +75,7 @@ def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
                            storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
                            s3_profile=plan.storage.s3_profile, on_bad_record=policy.mode, progress=enabled(),
                            **timeout)
-    stream = streams(cfg, inp, plan)
-    _say_feed(cfg, inp, plan, stream)
-    if stream:
+    if feed == RAY_DATA:
         from ..distributed.cluster import connect
         from ..distributed.dataset import read_rows
 
@@ -76,24 +83,76 @@ def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         # the split open_input chose (?split=, the only one, or train), not the spec's bare default
         ds, info = read_rows(inp.spec, plan.storage, inp.split.name or None)
         method, metrics = fit_method_distributed(cfg, ds, device, opts, plan.address, info=info)
-        return method, {**metrics, "feed": "ray-data"}
-    method, metrics = fit_method_distributed(cfg, load_arrays(inp, policy), device, opts, plan.address)
-    return method, {**metrics, "feed": "object-store"}
+        return method, {**metrics, "feed": RAY_DATA}
+    data = load_arrays(inp, policy, cap, _stream_hint(cfg, inp, plan.workers))
+    method, metrics = fit_method_distributed(cfg, data, device, opts, plan.address)
+    return method, {**metrics, "feed": OBJECT_STORE}
 
 
-def _say_feed(cfg: ProtectConfig, inp: Input, plan: FitPlan, stream: bool) -> None:
-    """One line saying how Ray Train gets the data (methods without a generator say so themselves)."""
+def _streamable(cfg: ProtectConfig, workers: int) -> bool:
+    """Only the Algorithm-1 generators stream, with a global batch the workers split evenly (distributed.stream)."""
+    from ..perturb.methods import MinMinMax
+
+    return cfg.method in MinMinMax.names and cfg.trainer.batch_size % workers == 0
+
+
+def choose_feed(cfg: ProtectConfig, inp: Input, workers: int, stream: bool | None, ray_train: bool) -> str:
+    """How the fit gets the split: ``RAY_DATA``, ``OBJECT_STORE`` (Ray Train from one in-memory copy) or
+    ``IN_PROCESS``. Streams an Algorithm-1 input of ``stream_min_bytes()`` or more (on Ray Train: of unknown
+    size too); a larger split that cannot stream is refused in one line naming the way out, unless
+    ``--no-stream`` asked for the load. Reads no pixels, so ``protect`` calls it before writing anything."""
+    size, limit = inp.info.pixel_bytes, stream_min_bytes()
+    big = size is not None and size >= limit
+    check_stream(inp, stream)
+    if stream and not _streamable(cfg, workers):
+        raise ValueError(f"--stream needs an Algorithm-1 method and a batch size divisible by --workers "
+                         f"({cfg.method}, B = {cfg.trainer.batch_size}, {workers} workers)")
+    if stream or (stream is None and inp.ray_readable and _streamable(cfg, workers)
+                  and (big or (size is None and ray_train))):
+        return RAY_DATA
+    if big and stream is None:
+        raise SplitTooLarge(f"{inp.split.display} holds {mib(size)} of pixels, at or above the {mib(limit)} "
+                        f"loaded into one process (${STREAM_MIN_BYTES_ENV}); {_stream_hint(cfg, inp, workers)}")
+    return OBJECT_STORE if ray_train else IN_PROCESS
+
+
+def _stream_hint(cfg: ProtectConfig, inp: Input, workers: int) -> str:
+    """What streams this split instead of loading it (the end of a refusal's line)."""
+    from ..perturb.methods import MinMinMax
+
+    anyway = "or pass --no-stream to load it anyway"
+    if not inp.ray_readable:
+        return f"`sem-dist convert` it to a canonical dataset, which streams, {anyway}"
+    if cfg.method not in MinMinMax.names:
+        return f"--method {cfg.method} fits on the whole split and cannot stream; pass --no-stream to load it anyway"
+    if cfg.trainer.batch_size % workers:
+        return (f"streaming needs --batch-size {cfg.trainer.batch_size} to split evenly among --workers {workers}; "
+                f"choose --workers dividing it, {anyway}")
+    return f"pass --stream (Ray Train fed by Ray Data), {anyway}"
+
+
+def _say_feed(cfg: ProtectConfig, inp: Input, workers: int, stream: bool | None, feed: str) -> None:
+    """One line on stderr saying where the split goes (TAP/SC/NTGA on Ray Train say it themselves)."""
     import sys
 
     from ..perturb.methods import MinMinMax
 
-    if cfg.method not in MinMinMax.names:
+    size, limit = inp.info.pixel_bytes, stream_min_bytes()
+    if feed == RAY_DATA:
+        how, why = "streamed from storage through Ray Data", ""
+    else:
+        how = "loaded in this process" + (" and put in Ray's object store once" if feed == OBJECT_STORE else "")
+        why = (" (--no-stream)" if stream is False else f" ({NOT_RAY_READABLE})" if not inp.ray_readable
+               else f" (size unknown: loading stops at {mib(limit)})" if size is None
+               else f" (below the {mib(limit)} that stream)")
+    if feed == IN_PROCESS:
+        where = f"{cfg.method} fit in this process"
+    elif cfg.method in MinMinMax.names:
+        where = f"Algorithm 1 on Ray Train ({workers} worker(s))"
+    else:
         return
-    how = ("streamed from storage through Ray Data" if stream else
-           "loaded in this process and put in Ray's object store once")
-    why = "" if stream or inp.ray_readable else f" ({NOT_RAY_READABLE})"
-    print(f"sem-dist: Algorithm 1 on Ray Train ({plan.workers} worker(s)): {inp.split.display} {how}{why}",
-          file=sys.stderr)
+    what = inp.split.display + ("" if size is None else f" ({mib(size)} of pixels)")
+    print(f"sem-dist: {where}: {what} {how}{why}", file=sys.stderr)
 
 
 def check_stream(inp: Input, stream: bool | None) -> None:
@@ -101,25 +160,6 @@ def check_stream(inp: Input, stream: bool | None) -> None:
     if stream and not inp.ray_readable:
         raise DataError(f"--stream: {inp.split.display} cannot stream ({NOT_RAY_READABLE}; "
                         "run `sem-dist convert` first)")
-
-
-def streams(cfg: ProtectConfig, inp: Input, plan: FitPlan) -> bool:
-    """Whether Ray Train reads the input through Ray Data rather than from one in-memory copy. Only the
-    Algorithm-1 generators stream, with a global batch the workers split evenly (see distributed.stream)."""
-    from ..perturb.methods import MinMinMax
-
-    ok = cfg.method in MinMinMax.names and cfg.trainer.batch_size % plan.workers == 0
-    if not inp.ray_readable:  # bundled digits, mnist:, cifar10:, cifar100: files are small and read here
-        check_stream(inp, plan.stream)
-        return False
-    if plan.stream is not None:
-        if plan.stream and not ok:
-            raise ValueError(f"--stream needs an Algorithm-1 method and a batch size divisible by --workers "
-                             f"({cfg.method}, B = {cfg.trainer.batch_size}, {plan.workers} workers)")
-        return plan.stream
-    info = inp.info
-    size = None if info.count is None else info.count * info.channels * info.height * info.width
-    return ok and (size is None or size >= plan.stream_min_bytes)
 
 
 def save_method(state: dict, folder: Location) -> None:

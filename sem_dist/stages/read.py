@@ -1,7 +1,7 @@
 """Read stage: a source spec → the split to protect and what is known about it without its pixels.
 
 The Ray counterpart is :func:`sem_dist.distributed.dataset.read_rows` (the same :class:`DatasetInfo`).
-Only Algorithm 1 on small data ever holds the whole split (:func:`load_arrays`); regeneration streams it
+Only a fit below the streaming threshold ever holds the whole split (:func:`load_arrays`); regeneration streams it
 shard by shard, and Algorithm 1 on Ray Train streams large inputs through Ray Data (``stages.fit``).
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 
 from ..data.arrays import ArrayDataset
 from ..data.convert import source_record
-from ..data.info import DatasetInfo
+from ..data.info import STREAM_MIN_BYTES_ENV, DatasetInfo, SplitTooLarge, mib
 from ..data.plan import ImageSpec, SourcePlan
-from ..data.records import BadRecordPolicy
+from ..data.records import BadRecordPolicy, concat
 from ..data.source import Split
-from ..data.sources import PLAN_KINDS, collect, open_source, parse_spec
+from ..data.sources import PLAN_KINDS, open_source, parse_spec
 from ..data.storage import DataError, Location, StorageOptions
 
 PLAN_SOURCES = tuple(PLAN_KINDS.values())
@@ -68,7 +68,15 @@ def open_input(spec: str, storage: StorageOptions) -> Input:
     return Input(sp, info, source.location, spec)
 
 
-def load_arrays(inp: Input, policy: BadRecordPolicy) -> ArrayDataset:
-    """The whole split in memory: what in-process Algorithm 1 samples minibatches from."""
-    data = collect(inp.split.records(policy))
+def load_arrays(inp: Input, policy: BadRecordPolicy, cap: int | None = None, hint: str = "") -> ArrayDataset:
+    """The whole split in memory: what in-process Algorithm 1 samples minibatches from. With ``cap`` (bytes of
+    pixels) a split larger than that stops loading there with a one-line error ending in ``hint``."""
+    chunks, held = [], 0
+    for chunk in inp.split.records(policy):
+        held += chunk.images.nbytes
+        if cap is not None and held > cap:
+            raise SplitTooLarge(f"{inp.split.display} holds more than {mib(cap)} of pixels (stopped reading there), "
+                            f"too many to load into one process (${STREAM_MIN_BYTES_ENV}); {hint}")
+        chunks.append(chunk)
+    data = concat(chunks)
     return ArrayDataset(data.ids, np.ascontiguousarray(data.images), data.labels, inp.split.classes)
