@@ -43,7 +43,7 @@ from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, rege
 @dataclass
 class Engine:
     """Where the stages run: ``workers > 1`` → Algorithm 1 on Ray Train; ``regen_actors`` set →
-    Algorithm 4 on Ray Data with that many actors."""
+    Algorithm 4 on Ray Data with that many model actors. GPUs and CPUs per worker apply to both."""
 
     workers: int = 1
     regen_actors: int | None = None
@@ -51,14 +51,17 @@ class Engine:
     address: str | None = None
     implied: bool = False  # Ray Data only because --workers/--address were given: may fall back in-process
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    cpus_per_worker: float = 1.0
 
     @classmethod
     def from_flags(cls, workers: int | None, regen_actors: int | None, gpus_per_worker: float,
-                   address: str | None, resource_timeout_s: float | None = None) -> "Engine":
+                   address: str | None, resource_timeout_s: float | None = None,
+                   cpus_per_worker: float = 1.0) -> "Engine":
         implied = regen_actors is None and (workers is not None or address is not None)
         if implied:
             regen_actors = max(workers or 1, 1)
-        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied, resource_timeout_s)
+        return cls(workers or 1, regen_actors, gpus_per_worker, address, implied, resource_timeout_s,
+                   cpus_per_worker)
 
     @property
     def ray_regen(self) -> bool:
@@ -116,7 +119,7 @@ class ProtectRequest:
 
     def engine(self) -> Engine:
         return Engine.from_flags(self.workers, self.regen_actors, self.gpus_per_worker, self.address,
-                                 self.resource_timeout_s)
+                                 self.resource_timeout_s, self.cpus_per_worker)
 
 
 @dataclass
@@ -126,6 +129,7 @@ class RegenerateRequest:
     out: str
     regen_actors: int | None = None
     gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0  # per regeneration actor (its torch threads too)
     address: str | None = None
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
     resume: bool = False
@@ -142,7 +146,7 @@ class RegenerateRequest:
 
     def engine(self) -> Engine:
         return Engine.from_flags(None, self.regen_actors, self.gpus_per_worker, self.address,
-                                 self.resource_timeout_s)
+                                 self.resource_timeout_s, self.cpus_per_worker)
 
 
 def input_files(inp: Input) -> dict[str, list] | None:
@@ -244,6 +248,7 @@ class Run:
         staging, inp, opts = worker_uri(self.staging), self.inp, self.opts
         source = ({"plan": inp.plan, "image": inp.image} if inp.plan is not None else
                   {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
+                 "cpus_per_actor": self.engine.cpus_per_worker if self.engine.ray_regen else None,
         return RegenJob(out_uri=worker_uri(self.out), staging_uri=staging,
                         method_uri=f"{staging}/{METHOD_CHECKPOINT}",
                         s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile,
@@ -263,7 +268,8 @@ class Run:
         timeout = {} if self.engine.resource_timeout_s is None else {"resource_timeout_s":
                                                                      self.engine.resource_timeout_s}
         opts = RayRegenOptions(actors=self.engine.regen_actors, gpus_per_actor=self.engine.gpus_per_worker,
-                               address=self.engine.address, progress=progress_bars(), **timeout)
+                               cpus_per_actor=self.engine.cpus_per_worker, address=self.engine.address,
+                               progress=progress_bars(), **timeout)
         stats = RayRegenStats()
         pending = pending_units(unit_count(self.inp, self.opts.shard_rows), done)
         if pending:  # Ray's start-up lines come before the bar, not through it
@@ -279,7 +285,8 @@ class Run:
             return new, {}
         images = sum(r.rows for r in new)
         return new, {"pool_startup_s": stats.startup_s,
-                     "images_per_s_after_startup": images / stats.work_s if stats.work_s > 0 else None}
+                     "images_per_s_after_startup": images / stats.work_s if stats.work_s > 0 else None,
+                     "stages": stats.stages()}
 
 
 def _ray_regen_or_fallback(inp: Input, opts: OutputOptions, engine: Engine) -> Engine:
@@ -298,7 +305,8 @@ def _ray_regen_or_fallback(inp: Input, opts: OutputOptions, engine: Engine) -> E
     if not engine.implied:
         raise DataError(f"Ray Data regeneration (--regen-actors): {why}")
     print(f"sem-dist: regenerating in this process: {why}", file=sys.stderr)
-    return Engine(engine.workers, None, engine.gpus_per_worker, engine.address)
+    return Engine(engine.workers, None, engine.gpus_per_worker, engine.address,
+                  cpus_per_worker=engine.cpus_per_worker)
 
 
 def worker_uri(loc: Location) -> str:

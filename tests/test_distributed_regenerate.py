@@ -68,6 +68,10 @@ def test_s3_to_s3_ray_data_equals_in_process(ray_cluster, s3_env, cli, tiny_digi
     regen = m_ray["protection"]["regeneration"]
     assert regen["engine"] == "ray-data" and regen["actors"] == 2 and regen["images"] == 40
     assert regen["images_per_s"] > 0 and m_local["protection"]["regeneration"]["engine"] == "in-process"
+    # read, noise (the model) and write ran as separate stages; each reports how busy its workers were
+    assert sorted(regen["stages"]) == ["noise", "read", "write"] and regen["cpus_per_actor"] == 1
+    assert all(0 < s["busy_share"] <= 1 and s["busy_s"] > 0 for s in regen["stages"].values()), regen["stages"]
+    assert regen["stages"]["noise"]["workers"] <= 2
     got = load_dataset(f"s3://{bucket}/ray")
     assert np.array_equal(got.clean_images(), tiny_digits[0].images) and 0 < np.abs(got.noise.astype(int)).max() <= 8
     assert s3_objects(bucket, "data/") == before

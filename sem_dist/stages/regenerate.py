@@ -67,6 +67,13 @@ class UnitResult:
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    def add(self, info: ShardInfo, noise: NoiseStats, id_hash: str | None) -> None:
+        """One more output shard, in order (``id_hash``: its ids' hashes, for plan units)."""
+        self.shards.append(info)
+        self.noise = self.noise.merge(noise)
+        if id_hash is not None:
+            self.id_hashes.append(id_hash)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -115,18 +122,30 @@ class Ledger:
         stop_point("unit")
 
 
-def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, out: Location, name: str,
-                  keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
-    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``out/name``."""
+def solve_noise(method: NoiseMethod, chunk: Chunk, device: torch.device) -> np.ndarray:
+    """Algorithm 4 over one output shard's records: int8 noise, solved in ``regen_batch_size`` batches formed
+    inside the shard (both engines form them alike, so block methods such as NTGA get the same blocks)."""
     noise = np.empty(chunk.images.shape, dtype=np.int8)
     pos = 0
     batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
     for ids, part in regenerate(method, batches, device):
         noise[pos:pos + len(ids)] = part
         pos += len(ids)
+    return noise
+
+
+def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray, keep_noise: bool
+               ) -> tuple[ShardInfo, NoiseStats]:
+    """One output shard's protected images (and noise) encoded and written to ``out/name``."""
     info = write_shard(out, name, chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
                        noise if keep_noise else None)
     return info, NoiseStats().update(noise)
+
+
+def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, out: Location, name: str,
+                  keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
+    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``out/name``."""
+    return write_part(out, name, chunk, solve_noise(method, chunk, device), keep_noise)
 
 
 def unit_shard_name(index: int, part: int) -> str:
@@ -158,40 +177,55 @@ class RegenJob:
         return StorageOptions(self.s3_endpoint, self.s3_profile)
 
 
-class UnitRunner:
-    """Runs units of one job in one process (the driver, or one Ray actor); storage is opened once."""
+def shard_id_hash(job: RegenJob, chunk: Chunk) -> str | None:
+    """A plan unit's shard ids as hashes for the commit's check across units (canonical ids are unique by
+    construction)."""
+    return hashes_text(chunk.ids) if job.plan is not None else None
 
-    def __init__(self, job: RegenJob, method: NoiseMethod, device: torch.device):
-        self.job, self.method, self.device = job, method, device
-        storage = job.storage
-        self.out = open_location(job.out_uri, storage)
-        self.staging = open_location(job.staging_uri, storage)
+
+class UnitInput:
+    """Reads units of one job (storage and the input manifest opened once): each unit's output shards as
+    ``(name, records)``, read, decoded, resized and checked — all the work before the model."""
+
+    def __init__(self, job: RegenJob):
+        self.job = job
         if job.plan is None:
-            self.src = open_location(job.input_uri, storage)
+            self.src = open_location(job.input_uri, job.storage)
             self.manifest = read_manifest(self.src)
 
-    def __call__(self, index: int) -> UnitResult:
-        t0 = time.perf_counter()
-        policy = BadRecordPolicy(self.job.on_bad_record)
+    def parts(self, index: int, policy: BadRecordPolicy) -> Iterator[tuple[str, Chunk]]:
+        """Unit ``index``'s output shards, in order, each yielded as soon as it is full."""
         if self.job.plan is None:
             info = self.manifest.shards[index]
             chunks = list(checked(read_shard(self.src, info, self.manifest, policy), self.manifest.num_classes,
                                   policy, f"{self.src.display}/{info.name}", allow_empty=True))
-            parts = [concat(chunks)] if chunks else []
-        else:
-            plan, image = self.job.plan, self.job.image
-            records = checked(plan.unit_chunks(plan.units[index], image, policy), len(plan.classes), policy,
-                              plan.display, allow_empty=True)
-            parts = rebatch(records, self.job.shard_rows or default_shard_rows(image.channels, image.height,
-                                                                              image.width))
+            if chunks:
+                yield shard_name(index), concat(chunks)
+            return
+        plan, image = self.job.plan, self.job.image
+        records = checked(plan.unit_chunks(plan.units[index], image, policy), len(plan.classes), policy,
+                          plan.display, allow_empty=True)
+        rows = self.job.shard_rows or default_shard_rows(image.channels, image.height, image.width)
+        for k, part in enumerate(rebatch(records, rows)):
+            yield unit_shard_name(index, k), part
+
+
+class UnitRunner:
+    """Runs whole units of one job in this process: read, perturb, write, record in the ledger."""
+
+    def __init__(self, job: RegenJob, method: NoiseMethod, device: torch.device):
+        self.job, self.method, self.device = job, method, device
+        self.input = UnitInput(job)
+        self.out = open_location(job.out_uri, job.storage)
+        self.staging = open_location(job.staging_uri, job.storage)
+
+    def __call__(self, index: int) -> UnitResult:
+        t0 = time.perf_counter()
+        policy = BadRecordPolicy(self.job.on_bad_record)
         result = UnitResult(index)
-        for k, part in enumerate(parts):
-            name = shard_name(index) if self.job.plan is None else unit_shard_name(index, k)
+        for name, part in self.input.parts(index, policy):
             info, stats = protect_chunk(self.method, part, self.device, self.out, name, self.job.keep_noise)
-            result.shards.append(info)
-            result.noise = result.noise.merge(stats)
-            if self.job.plan is not None:
-                result.id_hashes.append(hashes_text(part.ids))
+            result.add(info, stats, shard_id_hash(self.job, part))
         result.skipped, result.seconds = policy.skipped, time.perf_counter() - t0
         Ledger(self.staging).record(result)
         return result
