@@ -235,6 +235,7 @@ class Run:
         images = sum(r.rows for r in new)
         regen = {"engine": "ray-data" if self.engine.ray_regen else "in-process",
                  "actors": self.engine.regen_actors or 1, "gpus_per_actor": self.engine.gpus_per_worker,
+                 "cpus_per_actor": self.engine.cpus_per_worker if self.engine.ray_regen else None,
                  "images": images, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None,
                  **pool}
         timings = {**protection.pop("timings", {}), "regenerate_s": seconds,
@@ -248,7 +249,6 @@ class Run:
         staging, inp, opts = worker_uri(self.staging), self.inp, self.opts
         source = ({"plan": inp.plan, "image": inp.image} if inp.plan is not None else
                   {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
-                 "cpus_per_actor": self.engine.cpus_per_worker if self.engine.ray_regen else None,
         return RegenJob(out_uri=worker_uri(self.out), staging_uri=staging,
                         method_uri=f"{staging}/{METHOD_CHECKPOINT}",
                         s3_endpoint=opts.storage.s3_endpoint, s3_profile=opts.storage.s3_profile,
