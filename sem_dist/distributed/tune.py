@@ -10,6 +10,10 @@ time (Algorithm 1 + 4) exceeds ``max_protect_s``, so any trial within the budget
 over it (accuracy subject to a time budget). Each trial also reports ``gen_s`` (Algorithm 1's wall time),
 ``regen_s`` (Algorithm 4's), ``protect_s`` (their sum) and ``cost_worker_s`` (worker-seconds spent).
 
+Data: the driver reads only metadata (classes, image size); each trial reads ``--data`` and ``--test`` from
+storage in its own process (``trial_data``), so no driver holds a split and no object is put per trial. A
+multi-worker trial hands its copy to its Ray Train workers through the object store, once.
+
 Storage (a local folder or ``s3://bucket/prefix``) holds Tune's experiment state, the generators'
 checkpoints of multi-worker trials, one record per trial start (``starts/``), and the results:
 ``results.csv``, ``results.md``, ``figure5.png`` and ``table6.png`` when the space spans them.
@@ -25,7 +29,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from ..data.storage import StorageOptions, refuse_credentials
 
@@ -91,6 +94,9 @@ class SearchResult:
 class TrialSettings:
     """What every trial shares (the search-wide part of a trial's config)."""
 
+    data: str  # the training set's URI: each trial reads it (and ``test``) from storage itself
+    test: str
+    quick: bool  # trials take seeded subsets of QUICK_TRAIN / QUICK_TEST images
     method: str
     device: str
     workers: int
@@ -162,8 +168,23 @@ def _victim_subset(data, subset: int | None, seed: int):
     return data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:subset]))
 
 
-def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
-    """Tune function trainable: generator → noise → victim, reporting after every victim epoch."""
+def trial_data(settings: TrialSettings):
+    """The trial's training and test sets, read from storage in the trial's own process (``--quick``: seeded
+    subsets): no driver gathers them and no object holds them for every trial."""
+    import numpy as np
+
+    from ..data import load_dataset
+
+    train, test = load_dataset(settings.data, storage=settings.store), load_dataset(settings.test, storage=settings.store)
+    if settings.quick:
+        rng = np.random.default_rng(settings.seed)
+        train = train.subset(np.sort(rng.permutation(len(train))[:QUICK_TRAIN]))
+        test = test.subset(np.sort(rng.permutation(len(test))[:QUICK_TEST]))
+    return train, test
+
+
+def run_trial(config: dict, settings: TrialSettings) -> None:
+    """Tune function trainable: read the data → generator → noise → victim, reporting after every victim epoch."""
     from ray import tune
 
     from ..device import resolve_device
@@ -173,8 +194,7 @@ def run_trial(config: dict, train, test, settings: TrialSettings) -> None:
     from .trial_phases import PHASE, VICTIM
 
     os.environ["SEM_DIST_PROGRESS"] = "0"  # this trial's process only: Tune's status table is the progress view
-    # the data arrive zero-copy from the object store, read-only; torch only reads them
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    train, test = trial_data(settings)
     trial_id = tune.get_context().get_trial_id()
     _write(f"{settings.storage}/starts/{trial_id}.{time.time_ns()}.json",
            json.dumps({"trial_id": trial_id, "config": config, "time": time.time()}).encode(), settings.store)
@@ -250,19 +270,15 @@ def _check(req: SearchRequest) -> None:
             raise ValueError("--search optuna needs the optuna package (pip install optuna==5.0.0)") from None
 
 
-def _load_data(req: SearchRequest):
-    import numpy as np
+def _image_side(req: SearchRequest) -> int:
+    """The training images' side, from metadata: the driver reads no pixels (each trial reads its own data).
+    --data and --test must have the same classes."""
+    from ..stages.read import open_input
 
-    from ..data import load_dataset
-
-    train, test = load_dataset(req.data, storage=req.store()), load_dataset(req.test, storage=req.store())
+    train, test = (open_input(uri, req.store()).info for uri in (req.data, req.test))
     if train.classes != test.classes:
         raise ValueError(f"--data and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
-    if req.quick:
-        rng = np.random.default_rng(req.seed)
-        train = train.subset(np.sort(rng.permutation(len(train))[:QUICK_TRAIN]))
-        test = test.subset(np.sort(rng.permutation(len(test))[:QUICK_TEST]))
-    return train, test
+    return train.image_side
 
 
 def _scheduler(req: SearchRequest, space: Space):
@@ -400,22 +416,21 @@ def run_search(req: SearchRequest) -> SearchResult:
     if req.resume and stored is not None:  # the stored space and settings win: the trials must not change
         record = json.loads(stored)
         req = dataclasses.replace(req, **{k: v for k, v in record.items() if k != "space"})
-    train, test = _load_data(req)
+    side = _image_side(req)
     if req.resume and stored is not None:
-        space = parse_space(record["space"], req.method, train.image_side, SEARCH_FILE)
+        space = parse_space(record["space"], req.method, side, SEARCH_FILE)
     else:
-        space = load_space(req.space, req.method, train.image_side, req.quick)
+        space = load_space(req.space, req.method, side, req.quick)
         if req.resume:
             print(f"sem-dist tune: nothing to resume at {exp_uri}; starting the search", file=sys.stderr)
     keys = [p.key for p in space.searched()]
 
     connect(req.address)
     _refuse_impossible_trials(req)
-    settings = TrialSettings(method=req.method, device=req.device, workers=req.workers, cpus_per_worker=1.0,
-                             subset=req.subset, seed=req.seed, storage=exp_uri, store=store,
+    settings = TrialSettings(data=req.data, test=req.test, quick=req.quick, method=req.method, device=req.device,
+                             workers=req.workers, cpus_per_worker=1.0, subset=req.subset, seed=req.seed, storage=exp_uri, store=store,
                              max_protect_s=req.max_protect_s)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, train=train, test=test, settings=settings),
-                                    trial_resources(req))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), trial_resources(req))
     if req.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
