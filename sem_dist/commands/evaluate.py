@@ -97,7 +97,8 @@ def add_arguments(p) -> None:
                         "--train was protected without --keep-noise")
     p.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
                    help="one victim per seed, reported as mean ± std (the paper: 0,6178,42; default: 0). Two or "
-                        "more seeds (or one seed on data of 256 MiB of uint8 pixels or more, $SEM_DIST_STREAM_MIN_BYTES) "
+                        "more seeds (or one seed on data of 256 MiB of uint8 pixels or more, "
+                        "$SEM_DIST_STREAM_MIN_BYTES) "
                         "train as Ray tasks (one CPU each) on --address or an embedded local Ray, each reading the "
                         "data from storage itself; the numbers equal a --sequential run's")
     p.add_argument("--sequential", action="store_true",

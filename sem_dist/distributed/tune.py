@@ -175,7 +175,7 @@ def trial_data(settings: TrialSettings):
 
     from ..data import load_dataset
 
-    train, test = load_dataset(settings.data, storage=settings.store), load_dataset(settings.test, storage=settings.store)
+    train, test = (load_dataset(uri, storage=settings.store) for uri in (settings.data, settings.test))
     if settings.quick:
         rng = np.random.default_rng(settings.seed)
         train = train.subset(np.sort(rng.permutation(len(train))[:QUICK_TRAIN]))
@@ -428,7 +428,8 @@ def run_search(req: SearchRequest) -> SearchResult:
     connect(req.address)
     _refuse_impossible_trials(req)
     settings = TrialSettings(data=req.data, test=req.test, quick=req.quick, method=req.method, device=req.device,
-                             workers=req.workers, cpus_per_worker=1.0, subset=req.subset, seed=req.seed, storage=exp_uri, store=store,
+                             workers=req.workers, cpus_per_worker=1.0, subset=req.subset, seed=req.seed,
+                             storage=exp_uri, store=store,
                              max_protect_s=req.max_protect_s)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), trial_resources(req))
     if req.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
