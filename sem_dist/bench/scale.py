@@ -1,18 +1,28 @@
 """Sources at scale: an ImageNet-shaped JPEG tree (8 classes, mixed sizes 200–500 px) in a loopback
-moto_server bucket, protected S3 → S3 by ``sem-dist protect --workers 2`` at a working size of 64 px
-(Algorithm 1 on 2 Ray Train workers streaming the JPEGs through Ray Data, Algorithm 4 on 2 Ray Data actors
-each taking a class folder), for N and 4·N images. The generator is a small CNN trained a few steps with a
-light solver (K_u = 2, J = 1): the point is the data plane, not the protection's strength.
+moto_server bucket, read S3 → S3 at a working size of 64 px by the commands that could gather a split into
+their driver, for N and 4·N images:
+
+- ``protect``: ``protect --workers 2 --stream`` (Algorithm 1 on 2 Ray Train workers streaming the JPEGs
+  through Ray Data, Algorithm 4 on 2 Ray Data actors each taking a class folder);
+- ``protect-1``: the same with ``--workers 1`` (one Ray Train worker fed by Ray Data: what a split above the
+  streaming threshold takes; the tree's size is unknown before reading, so ``--stream`` says it);
+- ``evaluate``: one small-CNN victim (one seed) on the ``protect`` output of the same size, its own clean test;
+- ``tune``: a 2-trial grid (ρ_r ∈ {0, 4/255}) on that output, each trial reading the data itself.
+The generator is a small CNN trained a few steps with a light solver (K_u = 2, J = 1); victims and trials are
+a few steps too: the point is the data plane, not the protection's strength. Every run sets
+``$SEM_DIST_STREAM_MIN_BYTES`` to 1 MiB, so the 64-px splits (tens of MiB) take the paths a split above
+the default 256 MiB takes.
 
 Each run is a fresh driver process (its own embedded Ray), so its peak RSS is the driver's alone; the N
-run reads 2 of the 8 classes (``?classes=2``), the 4·N run all 8. ``driver_rss_growth_4x`` = driver peak
-RSS at 4·N over that at N: ≈ 1 when the driver holds metadata only. ``local_img_s_n`` is the in-process
-run of the same pipeline over the N images (one process, no Ray), and ``load_average_1m`` says how busy
-the machine was: timings on a shared machine are only comparable within one run.
+run reads 2 of the 8 classes (``?classes=2``), the 4·N run all 8. ``<pipeline>_driver_rss_growth_4x`` =
+driver peak RSS at 4·N over that at N: ≈ 1 when the driver holds metadata only; ``driver_rss_growth_4x``
+is the largest of them. ``local_img_s_n`` is the in-process run of the first protect pipeline over the N
+images (one process, no Ray), and ``load_average_1m`` says how busy the machine was: timings on a shared
+machine are only comparable within one run.
 
 ``--pipeline convert`` measures ``sem-dist convert --ray`` (read + decode + resize + canonical write)
-instead; ``run(pipeline=...)`` takes any module-level ``pipeline(source_spec, dest_uri) -> images written``
-whose in-process twin is named in ``LOCAL``.
+instead; ``run(pipelines=...)`` takes module-level ``pipeline(source_spec, dest_uri) -> images`` functions
+(an in-process twin named in ``LOCAL`` is measured over N too).
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,11 +50,71 @@ PROTECT = {"trainer.arch": "small_cnn", "trainer.steps": 20, "trainer.batch_size
            "solver.samples": 1, "attack.steps": 1}
 
 
+# victims and trials: a few small-CNN steps (``--subset`` bounds a trial's regeneration and victim, not its read)
+VICTIM = ["--arch", "small_cnn", "--steps", "4", "--batch-size", "32", "--device", "cpu"]
+TUNE_SPACE = {"budget.rho_r": {"grid": ["0", "4/255"]}, "trainer.arch": "small_cnn", "trainer.steps": 2,
+              "trainer.batch_size": 32, "solver.steps": 1, "solver.samples": 1, "attack.steps": 1,
+              "victim.arch": "small_cnn", "victim.steps": 4, "victim.batch_size": 32}
+STREAM_MIN_BYTES = 1 << 20  # every run: the splits here (tens of MiB) take the above-threshold paths
+
+
 def protect_pipeline(source: str, dest: str) -> int:
     """``sem-dist protect --data SOURCE --out DEST --workers 2 --stream``; returns the images written."""
     from ..protect_dataset import ProtectRequest, protect
 
     return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), workers=2, stream=True)).count
+
+
+def protect_one_worker_pipeline(source: str, dest: str) -> int:
+    """``sem-dist protect --data SOURCE --out DEST --stream`` (``--workers 1``, the default)."""
+    from ..protect_dataset import ProtectRequest, protect
+
+    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), stream=True)).count
+
+
+def _cli_json(args: list[str]) -> dict:
+    """``sem-dist ARGS --json`` in this process; its last stdout line."""
+    import contextlib
+
+    from ..cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*args, "--json"])
+    if code != 0:
+        raise RuntimeError(f"sem-dist {args[0]} exited {code}")
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def evaluate_pipeline(source: str, dest: str) -> int:
+    """``sem-dist evaluate --train SOURCE --test SOURCE`` (one seed; SOURCE a protected canonical dataset);
+    returns the training images."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = _cli_json(["evaluate", "--train", source, "--test", source, *VICTIM, "--record",
+                             f"{tmp}/evaluation.json"])
+        return json.loads(Path(summary["record"]).read_text())["data"]["train"]["size"]
+
+
+def tune_pipeline(source: str, dest: str) -> int:
+    """``sem-dist tune`` over ``TUNE_SPACE`` (2 trials, 2 at a time) with storage DEST; returns the images
+    each trial read."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "space.yaml"
+        space.write_text(yaml.safe_dump(TUNE_SPACE))
+        summary = _cli_json(["tune", "--data", source, "--test", source, "--space", str(space), "--scheduler", "none",
+                             "--subset", "64", "--max-concurrent", "2", "--device", "cpu", "--storage", dest])
+    if summary["trials"] != 2:
+        raise RuntimeError(f"tune ran {summary['trials']} trials, not 2")
+    from ..data.storage import StorageOptions
+    from ..stages.read import open_input
+
+    return open_input(source, StorageOptions()).info.count
 
 
 def inprocess_protect_pipeline(source: str, dest: str) -> int:
@@ -67,13 +138,20 @@ def inprocess_pipeline(source: str, dest: str) -> int:
     return sum(m.count for m in convert(source, dest).values())
 
 
-PIPELINES = {"protect": protect_pipeline, "convert": convert_pipeline}
+PIPELINES = {"protect": protect_pipeline, "protect-1": protect_one_worker_pipeline, "evaluate": evaluate_pipeline,
+             "tune": tune_pipeline, "convert": convert_pipeline}
 LOCAL = {protect_pipeline: inprocess_protect_pipeline, convert_pipeline: inprocess_pipeline}
+PROTECTS = (protect_pipeline, protect_one_worker_pipeline)
+READS_PROTECTED = (evaluate_pipeline, tune_pipeline)  # their SOURCE: the first protect pipeline's output
+DEFAULT_PIPELINES = "protect,protect-1,evaluate,tune"
 
 
 def add_arguments(g) -> None:
-    g.add_argument("--pipeline", choices=sorted(PIPELINES), default="protect",
-                   help="what runs S3 → S3: protect --workers 2 (default) or convert --ray")
+    g.add_argument("--pipeline", default=DEFAULT_PIPELINES, metavar="NAME[,NAME...]",
+                   help=f"what runs, in order: {', '.join(PIPELINES)} (default: %(default)s; evaluate and tune read "
+                        "the output of a protect pipeline listed before them)")
+    g.add_argument("--images", type=int, metavar="N",
+                   help="images of the N run (the 4·N run reads 4·N; default 5,000, --quick 2,000)")
 
 
 def _name(fn: Callable) -> str:
@@ -143,19 +221,46 @@ def _measure(pipeline: str, source: str, dest: str, env: dict, verbose: bool) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str], int] | str = protect_pipeline
+def _plan(names: list[str]) -> list[tuple[str, Callable]]:
+    """(name, pipeline) in order; evaluate/tune need a protect pipeline before them (one line otherwise)."""
+    unknown = [n for n in names if n not in PIPELINES]
+    if unknown:
+        raise ValueError(f"--pipeline: unknown {unknown[0]!r}; choose from {', '.join(PIPELINES)}")
+    plan = [(n, PIPELINES[n]) for n in names]
+    for i, (name, fn) in enumerate(plan):
+        if fn in READS_PROTECTED and not any(f in PROTECTS for _, f in plan[:i]):
+            raise ValueError(f"--pipeline: {name} reads a protected dataset; list protect or protect-1 before it")
+    return plan
+
+
+def _figures(name: str, small: dict, big: dict) -> dict:
+    """One pipeline's keys. ``_growth_if_held_4x``: the growth a driver holding the decoded split would show at
+    least (its N-run RSS plus the 3·N more images' pixels): what ``_driver_rss_growth_4x`` is to be read against."""
+    held = 3 * small["images"] * 3 * WORKING_SIZE ** 2
+    return {f"{name}_images": big["images"], f"{name}_images_n": small["images"],
+            f"{name}_growth_if_held_4x": 1 + held / small["driver_peak_rss_bytes"],
+            f"{name}_seconds": big["seconds"], f"{name}_seconds_n": small["seconds"],
+            f"{name}_driver_peak_rss_bytes": big["driver_peak_rss_bytes"],
+            f"{name}_driver_peak_rss_bytes_n": small["driver_peak_rss_bytes"],
+            f"{name}_driver_rss_growth_4x": big["driver_peak_rss_bytes"] / small["driver_peak_rss_bytes"]}
+
+
+def run(quick: bool = False, verbose: bool = True, pipeline: str = DEFAULT_PIPELINES, images: int | None = None
         ) -> dict:
     import boto3
 
-    pipeline = PIPELINES[pipeline] if isinstance(pipeline, str) else pipeline
+    from ..data.info import STREAM_MIN_BYTES_ENV
     from ..testing.s3 import S3_KEY, S3_SECRET, start_moto_server
 
-    n = 2000 if quick else 5000
+    plan = _plan([p.strip() for p in pipeline.split(",") if p.strip()])
+    n = images or (2000 if quick else 5000)
     per_class = 4 * n // CLASSES
     proc, endpoint = start_moto_server()
+    out: dict = {}
     try:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "SEM_DIST_PROGRESS": "0"}
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "SEM_DIST_PROGRESS": "0",
+               STREAM_MIN_BYTES_ENV: str(STREAM_MIN_BYTES)}
         env.pop("AWS_PROFILE", None)
         env.pop("RAY_ADDRESS", None)  # always an embedded cluster of this machine
         bucket = "scale"
@@ -166,26 +271,31 @@ def run(quick: bool = False, verbose: bool = True, pipeline: Callable[[str, str]
         if verbose:
             print(f"built {CLASSES * per_class} JPEGs ({sum(class_bytes) / 2**20:.0f} MiB) in "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-        results = {}
-        for label, classes, fn in (("n", 2, pipeline), ("4n", CLASSES, pipeline), ("local-n", 2, LOCAL[pipeline])):
-            source = f"imagefolder:s3://{bucket}/tree?classes={classes}&size={WORKING_SIZE}"
-            results[label] = r = _measure(_name(fn), source, f"s3://{bucket}/out-{label}", env, verbose)
-            if verbose:
-                print(f"{label}: {r['images']} images in {r['seconds']:.1f}s, driver peak RSS "
-                      f"{r['driver_peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+        protected = None
+        for name, fn in plan:
+            local = [("local-n", 2, LOCAL[fn])] if fn in LOCAL and not out else []  # the first pipeline's only
+            runs = [("n", 2, fn), ("4n", CLASSES, fn), *local]
+            results = {}
+            for label, classes, f in runs:
+                source = (f"s3://{bucket}/{protected}-{label}" if fn in READS_PROTECTED else
+                          f"imagefolder:s3://{bucket}/tree?classes={classes}&size={WORKING_SIZE}")
+                results[label] = r = _measure(_name(f), source, f"s3://{bucket}/{name}-{label}", env, verbose)
+                if verbose:
+                    print(f"{name} {label}: {r['images']} images in {r['seconds']:.1f}s, driver peak RSS "
+                          f"{r['driver_peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+            if fn in PROTECTS and protected is None:
+                protected = name
+            out.update(_figures(name, results["n"], results["4n"]))
+            if "local-n" in results:
+                out["local_img_s_n"] = results["local-n"]["images"] / results["local-n"]["seconds"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    small, big = results["n"], results["4n"]
-    return {"bench": "scale", "quick": quick, "pipeline": _name(pipeline), "working_size": WORKING_SIZE,
-            "images": big["images"], "dataset_bytes": sum(class_bytes), "img_s": big["images"] / big["seconds"],
-            "driver_peak_rss_bytes": big["driver_peak_rss_bytes"],
-            "images_n": small["images"], "dataset_bytes_n": sum(class_bytes[:2]),
-            "img_s_n": small["images"] / small["seconds"], "driver_peak_rss_bytes_n": small["driver_peak_rss_bytes"],
-            "driver_rss_growth_4x": big["driver_peak_rss_bytes"] / small["driver_peak_rss_bytes"],
-            "local_img_s_n": results["local-n"]["images"] / results["local-n"]["seconds"],
-            "load_average_1m": os.getloadavg()[0],
-            "cpu_count": os.cpu_count()}
+    growth = {k: v for k, v in out.items() if k.endswith("_driver_rss_growth_4x")}
+    return {"bench": "scale", "quick": quick, "pipelines": [n for n, _ in plan], "working_size": WORKING_SIZE,
+            "stream_min_bytes": STREAM_MIN_BYTES, "dataset_bytes": sum(class_bytes),
+            "dataset_bytes_n": sum(class_bytes[:2]), **out, "driver_rss_growth_4x": max(growth.values()),
+            "load_average_1m": os.getloadavg()[0], "cpu_count": os.cpu_count()}
 
 
 if __name__ == "__main__":
