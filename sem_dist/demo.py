@@ -250,7 +250,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
         import ray
 
         ray_info = _ray_summary()
-        check_cluster_visible(str(out.resolve()), s.shared_fs, what="demo folder --out",
+        check_cluster_visible({"demo folder --out": str(out.resolve())}, s.shared_fs,
                               remedy="run the demo on one machine (its embedded Ray: no RAY_ADDRESS), or "
                                      "--shared-fs if every node mounts it")
         out.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ class ProtectRequest:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
-    shared_fs: bool = False  # a local --checkpoint-dir that every node of a multi-node cluster mounts
+    shared_fs: bool = False  # local --data/--out/--checkpoint-dir are on a file system every node mounts
     stream: bool | None = None  # Ray Train fed through Ray Data (None: for large inputs, see stages.fit)
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     resume: bool = False
@@ -132,6 +132,7 @@ class RegenerateRequest:
     cpus_per_worker: float = 1.0  # per regeneration actor (its torch threads too)
     address: str | None = None
     resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    shared_fs: bool = False  # local --data/--out are on a file system every node of the cluster mounts
     resume: bool = False
     overwrite: bool = False
     on_bad_record: str = "fail"
@@ -205,6 +206,18 @@ class Run:
             self.writer.clear()
         root = self.inp.location.display if self.inp.location is not None else ""
         Ledger(self.staging).open(fp, self.opts.resume, files, root)
+
+    def check_cluster_paths(self, checkpoint: str | None, shared_fs: bool) -> None:
+        """Refuse, before anything is written, a path only this machine has that a Ray stage of this run
+        touches while the cluster has, or may autoscale to, several nodes: the input when Ray can read it
+        (regeneration actors, a streamed fit), the output (shards and ledger) when Ray Data regenerates,
+        ``checkpoint`` when Ray Train fits (None otherwise)."""
+        from .distributed.storage import check_cluster_visible
+
+        ray_reads = self.inp.ray_readable and (self.engine.ray_regen or checkpoint is not None)
+        check_cluster_visible({"--data": self.inp.location if ray_reads else None,
+                               "--out": self.out if self.engine.ray_regen else None,
+                               "checkpoint folder": checkpoint}, shared_fs, address=self.engine.address)
 
     def staged_method(self) -> dict | None:
         if self.opts.resume and self.staging.exists(METHOD_CHECKPOINT):
@@ -323,6 +336,8 @@ def checkpoint_location(req: ProtectRequest, out: Location) -> str:
 
 
 def protect(req: ProtectRequest) -> Manifest:
+    from .distributed.train import uses_ray_train
+
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
@@ -333,8 +348,9 @@ def protect(req: ProtectRequest) -> Manifest:
     fp = fingerprint(cfg, inp, run.opts, files)
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.writer, fp)
-    run.start(fp, files)
     ckpt = checkpoint_location(req, run.out)
+    run.check_cluster_paths(ckpt if uses_ray_train(engine.workers, ckpt) else None, req.shared_fs)
+    run.start(fp, files)
     t_loaded = time.perf_counter()
 
     state, method, metrics = run.staged_method(), None, {}
@@ -376,6 +392,7 @@ def regenerate_dataset(req: RegenerateRequest) -> Manifest:
     fp = fingerprint(cfg, inp, run.opts, files, generator_sha256=sha)
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.writer, fp)
+    run.check_cluster_paths(None, req.shared_fs)
     run.start(fp, files)
     save_method(state, run.staging)
     protection = {"method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -88,3 +89,65 @@ def test_resource_timeout_reaches_the_regeneration_actor_pool(ray_cluster, tmp_p
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert "1 regeneration actor(s) needs 1 CPUs and 1 GPUs" in lines[0] and "after waiting 3 s" in lines[0]
     assert time.monotonic() - t0 < 200 and not (tmp_path / "out" / "manifest.json").exists()
+
+
+@contextmanager
+def _may_autoscale(workers: int):
+    """Report to the connected one-node cluster's GCS, as an autoscaling platform does, a GPU worker group that
+    may grow from 0 to ``workers`` nodes; reported empty again after."""
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._private.worker.global_worker.gcs_client
+    groups = [autoscaler_pb2.NodeGroupConfig(name="head", resources={"CPU": 4}, min_count=1, max_count=1),
+              autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0,
+                                             max_count=workers)]
+    gcs.report_cluster_config(autoscaler_pb2.ClusterConfig(node_group_configs=groups).SerializeToString())
+    try:
+        yield
+    finally:
+        gcs.report_cluster_config(autoscaler_pb2.ClusterConfig().SerializeToString())
+
+
+def test_every_ray_stage_refuses_node_local_paths_on_a_cluster_that_may_autoscale(ray_cluster, cli, tiny_digits,
+                                                                                   s3_env, tmp_path):
+    """One node alive, but an autoscaler may add four: each Ray stage (protect, convert --ray, evaluate's
+    per-seed tasks, tune) names the first path only this machine has, in one line, before anything is
+    written; S3 paths pass, and --shared-fs lets a run through to its next check. The same cluster without
+    the autoscaler refuses nothing."""
+    from sem_dist.data import save_dataset
+    from sem_dist.distributed.storage import check_cluster_visible
+
+    _, bucket = s3_env
+    data, remote, out = tmp_path / "data", f"s3://{bucket}/data", tmp_path / "out"
+    save_dataset(tiny_digits[0], str(data))
+    save_dataset(tiny_digits[0], remote)
+    images = tmp_path / "images"
+    assert cli("export", data, images)[0] == 0
+    tiny = ["--arch", "small_cnn", "--steps", "2", "--batch-size", "8", "--device", "cpu"]
+    why = "is on this machine, but the Ray cluster may autoscale to 5 nodes that must all see it: use s3://bucket/" \
+          "prefix, or --shared-fs if every node mounts it"
+    refused = {
+        f"protect: error: --data {data} {why}": ["protect", "--data", data, "--out", out, "--workers", "2", *tiny],
+        f"protect: error: --out {out} {why}": ["protect", "--data", remote, "--out", out, "--workers", "2", *tiny],
+        # digits load in this process and regenerate there: only Ray Train's checkpoints (under --out) need a share
+        f"protect: error: checkpoint folder {out}/_staging/checkpoint {why}":
+            ["protect", "--data", "digits", "--out", out, "--workers", "2", *tiny],
+        f"convert: error: SOURCE {images} {why}": ["convert", "--ray", f"imagefolder:{images}",
+                                                   f"s3://{bucket}/converted"],
+        f"evaluate: error: --train {data} {why}": ["evaluate", "--train", data, "--test", remote, "--seeds", "0,1",
+                                                   "--arch", "small_cnn", "--record", out / "record.json"],
+        f"tune: error: --data {data} {why}": ["tune", "--data", data, "--test", remote, "--storage",
+                                             f"s3://{bucket}/tune", "--quick"],
+        f"tune: error: --storage {tmp_path / 'tune'} {why}": ["tune", "--data", remote, "--test", remote,
+                                                             "--storage", tmp_path / "tune", "--quick"],
+    }
+    with _may_autoscale(4):
+        for line, args in refused.items():
+            code, _, err = cli(*args)
+            assert code == 1 and [e for e in err.splitlines() if "error:" in e] == [f"sem-dist {line}"], err
+            assert not out.exists() and not (tmp_path / "tune").exists()
+        # declared shared: past the path check to the next one (no GPU on this cluster), still nothing written
+        code, _, err = cli("tune", "--data", data, "--test", data, "--storage", tmp_path / "tune", "--quick",
+                           "--gpus-per-trial", "1", "--shared-fs")
+        assert code == 1 and "needs 1 CPUs and 1 GPUs" in err and not (tmp_path / "tune").exists(), err
+    check_cluster_visible({"--out": str(out)})  # one node, nothing to add it: nothing refused

@@ -44,6 +44,15 @@ def add_ray_arguments(g, train: bool) -> None:
                    help="Ray cluster to use (default: $RAY_ADDRESS, else an embedded local Ray); implies Ray Data "
                         "regeneration")
     g.add_argument("--resource-timeout", type=float, metavar="SECONDS", help=RESOURCE_TIMEOUT_HELP)
+    add_shared_fs_argument(g, "--data, --out" + (", --checkpoint-dir" if train else ""))
+
+
+def add_shared_fs_argument(g, paths: str) -> None:
+    """``--shared-fs``: the Ray stages' refusal of node-local ``paths`` (distributed.storage.check_cluster_visible)."""
+    g.add_argument("--shared-fs", action="store_true",
+                   help=f"local paths ({paths}) are on a file system every node of the Ray cluster mounts (NFS, "
+                        "EFS, ...); without it they are refused when the cluster has, or may autoscale to, more than "
+                        "one node")
 
 
 def add_verbose_argument(p) -> None:

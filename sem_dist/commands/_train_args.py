@@ -1,5 +1,4 @@
-"""Flags for Algorithm 1 on a Ray cluster (resources and checkpoint visibility), shared by the commands
-that train a generator."""
+"""Flags for Algorithm 1 on a Ray cluster, shared by the commands that train a generator."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +9,6 @@ from ._storage_args import resource_timeout
 def add_ray_train_arguments(g) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
                    help="CPUs Ray reserves for each Algorithm-1 worker (default 1)")
-    g.add_argument("--shared-fs", action="store_true",
-                   help="a local --checkpoint-dir is on a file system every node of the Ray cluster mounts "
-                        "(NFS, EFS, ...); without it a local folder is refused on a multi-node cluster")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="Ray Train workers (one with --workers 1) stream the input from storage through Ray Data "
                         "instead of loading it into this process (and the object store) (default: stream inputs of "

@@ -10,8 +10,8 @@ DEST. Images keep their pixels exactly (PNG).
 """
 from __future__ import annotations
 
-from ._storage_args import (URI_HELP, add_bad_record_argument, add_storage_arguments, add_verbose_argument,
-                            storage_options)
+from ._storage_args import (URI_HELP, add_bad_record_argument, add_shared_fs_argument, add_storage_arguments,
+                            add_verbose_argument, storage_options)
 
 NAME = "convert"
 HELP = "convert digits / MNIST / CIFAR / an image folder / a canonical dataset to canonical Parquet shards"
@@ -31,6 +31,7 @@ def add_arguments(p) -> None:
                         "--address or $RAY_ADDRESS names a cluster, whose nodes must all reach SOURCE and DEST")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (implies --ray); default: $RAY_ADDRESS, else an embedded local Ray")
+    add_shared_fs_argument(p, "SOURCE, DEST; with --ray")
     add_bad_record_argument(p)
     add_storage_arguments(p)
     add_verbose_argument(p)
@@ -43,7 +44,7 @@ def run(args) -> int:
     if args.ray or args.address:
         from ..distributed.convert import convert_ray
 
-        written = convert_ray(*common, address=args.address)
+        written = convert_ray(*common, address=args.address, shared_fs=args.shared_fs)
     else:
         from ..data.convert import convert
 

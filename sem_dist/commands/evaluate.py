@@ -25,7 +25,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ._storage_args import URI_HELP, add_storage_arguments, add_verbose_argument, storage_options
+from ._storage_args import (URI_HELP, add_shared_fs_argument, add_storage_arguments, add_verbose_argument,
+                            storage_options)
 
 NAME = "evaluate"
 HELP = "train victims on (protected) data and report clean test accuracy"
@@ -108,6 +109,7 @@ def add_arguments(p) -> None:
                    help="Ray cluster for the per-seed tasks (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--gpus-per-victim", type=float, default=0.0, metavar="G",
                    help="GPUs per per-seed Ray task (0 = CPU; default: %(default)s)")
+    add_shared_fs_argument(p, "--train, --test, --clean: each per-seed Ray task reads them")
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
                    help="steps between learning-curve points (default: about 10 points per run)")
     p.add_argument("--record", default="evaluation.json", metavar="PATH",
@@ -182,7 +184,8 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with bar(len(args.seeds), f"victims ({cfg.arch}, one Ray task per seed)", unit="victim") as pb:
             runs, described = train_victims(seed_configs(cfg, args.seeds), data, gpus=args.gpus_per_victim,
-                                            address=args.address, progress=lambda i: pb.update(1))
+                                            address=args.address, shared_fs=args.shared_fs,
+                                            progress=lambda i: pb.update(1))
         record = victim_record(cfg, args.seeds, runs, described, str(device), time.perf_counter() - t0,
                                args.train, args.test)
     path = Path(args.record)

@@ -41,7 +41,7 @@ def run(args) -> int:
     check_counts(args, "regen_actors", "shard_rows")
     req = RegenerateRequest(
         generator=args.generator, data=args.data, out=args.out, regen_actors=args.regen_actors,
-        gpus_per_worker=args.gpus_per_worker, address=args.address, resource_timeout_s=resource_timeout(args),
+        gpus_per_worker=args.gpus_per_worker, address=args.address, resource_timeout_s=resource_timeout(args), shared_fs=args.shared_fs,
         resume=args.resume, overwrite=args.overwrite,
         on_bad_record=args.on_bad_record, shard_rows=args.shard_rows, keep_noise=args.keep_noise,
         device=args.device, storage=storage_options(args))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 
-from ._storage_args import URI_HELP, add_storage_arguments, add_verbose_argument
+from ._storage_args import URI_HELP, add_shared_fs_argument, add_storage_arguments, add_verbose_argument
 
 NAME = "tune"
 HELP = "search ρ_r, J, M (any config field) by victim accuracy on Ray Tune"
@@ -77,6 +77,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="searcher seed and the --quick/--subset sample")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] inside each trial")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else embedded)")
+    add_shared_fs_argument(p, "--data, --test, --storage: every trial reads or writes them")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     add_storage_arguments(p)
     add_verbose_argument(p)
@@ -93,7 +94,7 @@ def run(args) -> int:
                         gpus_per_trial=args.gpus_per_trial, resource_timeout_s=args.resource_timeout, subset=args.subset,
                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                         max_protect_s=args.max_protect_s, seed=args.seed, device=args.device, address=args.address,
-                        s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)
+                        shared_fs=args.shared_fs, s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)
     result = run_search(req)
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "stopped", "error", "unfinished")}
     print(f"{result.trials} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

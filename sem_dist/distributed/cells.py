@@ -51,12 +51,16 @@ def _victim(cfg, data, device_name: str):
 
 
 def train_victims(configs: Sequence, data, *, gpus: float = 0.0, address: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> tuple[list, dict]:
+                  shared_fs: bool = False, progress: Callable[[int], None] | None = None) -> tuple[list, dict]:
     """One Ray task per victim config (``sem-dist evaluate``): the results in the order given and what the
     record says of the data (``victims.evaluate.describe``). Each task reads ``data``
-    (a ``victims.evaluate.VictimData``) from storage itself; ``progress(i)`` is called as config ``i`` finishes."""
+    (a ``victims.evaluate.VictimData``) from storage itself, so local paths must be on every node the
+    cluster has or may add (``shared_fs``: they are); ``progress(i)`` is called as config ``i`` finishes."""
     from .cluster import connect
+    from .storage import check_cluster_visible
 
+    check_cluster_visible({"--train": data.train, "--test": data.test, "--clean": data.clean}, shared_fs,
+                          address=address)
     connect(address)
     device = "cuda" if gpus > 0 else "cpu"
     results: list = [None] * len(configs)

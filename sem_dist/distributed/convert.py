@@ -27,14 +27,18 @@ from .sources import read_source_rows
 
 def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
                 overwrite: bool = False, storage: StorageOptions | None = None,
-                address: str | None = None) -> dict[str, Manifest]:
-    """:func:`sem_dist.data.convert.convert` with the reading, decoding and encoding on Ray."""
+                address: str | None = None, shared_fs: bool = False) -> dict[str, Manifest]:
+    """:func:`sem_dist.data.convert.convert` with the reading, decoding and encoding on Ray (``shared_fs``: local
+    SOURCE and DEST are mounted on every node)."""
     from .cluster import connect
+    from .storage import check_cluster_visible
 
     storage = storage or StorageOptions()
     # the endpoint resolved here travels to the tasks as an explicit option (a profile name goes as it is)
     storage = dataclasses.replace(storage, s3_endpoint=storage.endpoint())
-    _, parsed, targets = convert_targets(spec, dest, overwrite, storage)
+    source, parsed, targets = convert_targets(spec, dest, overwrite, storage)
+    # tasks on any node read SOURCE and write DEST
+    check_cluster_visible({"SOURCE": source.location, "DEST": dest}, shared_fs, address=address)
     connect(address)
     written = {}
     for name, folder in targets:

@@ -46,6 +46,56 @@ def _shortfall(cpus: float, gpus: float, units: int | None) -> str | None:
     return None
 
 
+def nodes_beyond_this() -> str | None:
+    """Why work of this job may run on a node other than this driver's (completing "…, but {why} that must
+    all see it"), or None when the connected cluster is one node that nothing can add to.
+
+    The nodes alive now are not enough: an autoscaling cluster may start as its head alone. Ray 2.60 shows
+    growth three ways, all read here: a platform reports its node groups with their max counts to the GCS
+    (``get_cluster_config``, which Ray Train and Ray Data size themselves by); nodes that the v2 autoscaler
+    (the cluster launcher's default) or KubeRay start carry their group in the ``ray.io/node-group`` label;
+    the v1 autoscaler names the node types it manages in its status (a fixed cluster's read-only one names
+    each node ``node_<id>``)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        return f"the Ray cluster has {len(nodes)} nodes"
+    most = _configured_max_nodes()
+    if most is not None and most > 1:
+        return f"the Ray cluster may autoscale to {most} nodes" if most < math.inf else \
+            "the Ray cluster's autoscaler may add nodes"
+    if any(NODE_GROUP_LABEL in (n.get("Labels") or {}) for n in nodes) or _v1_autoscaled_types():
+        return "the Ray cluster's autoscaler may add nodes"
+    return None
+
+
+NODE_GROUP_LABEL = "ray.io/node-group"  # ray._raylet.RAY_NODE_GROUP_KEY, set from RAY_NODE_TYPE_NAME
+
+
+def _configured_max_nodes() -> float | None:
+    """The most nodes the cluster's reported node groups allow (inf: a group without a bound), or None."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None or not config.node_group_configs:
+        return None
+    return sum(math.inf if g.max_count < 0 else g.max_count for g in config.node_group_configs)
+
+
+def _v1_autoscaled_types() -> list[str]:
+    """Node types the v1 autoscaler manages (none on a fixed cluster, or without a v1 autoscaler)."""
+    import json
+
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(status) if status else {}).get("autoscaler_report") or {}
+    types = {*(report.get("node_type_mapping") or {}).values(), *(report.get("pending_launches") or {})}
+    return sorted(t for t in types if not t.startswith("node_"))
+
+
 def is_embedded() -> bool:
     """Whether this process started the Ray cluster it is connected to (which then never grows)."""
     import ray._private.worker as worker  # Ray has no public "did I start the head" query

@@ -6,13 +6,16 @@ arguments, storage paths or logs.
 
 Every node of a cluster must see the checkpoints (a worker restarted elsewhere, or a run resumed from
 another machine, reads them): by default they live next to the output's staging area on the output's own
-storage, and a node-local folder is refused on a multi-node cluster unless declared shared.
+storage. Any Ray stage refuses node-local paths on a cluster that has, or may autoscale to, several nodes
+unless they are declared shared (``check_cluster_visible``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from urllib.parse import urlparse
+
+from ..data.storage import Location
 
 
 def is_remote(uri: str | None) -> bool:
@@ -29,18 +32,38 @@ def default_checkpoint_uri(out_uri: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}/_staging/checkpoint"
 
 
-def check_cluster_visible(uri: str, shared_fs: bool = False, what: str = "checkpoint folder",
-                          remedy: str = "use s3://bucket/prefix, or --shared-fs if every node mounts it") -> None:
-    """Refuse a node-local folder (``what``: whose) when the connected Ray cluster has more than one node,
-    unless ``shared_fs`` declares it a file system every node mounts (NFS, EFS, Lustre)."""
-    import ray
+SHARED_FS_REMEDY = "use s3://bucket/prefix, or --shared-fs if every node mounts it"
 
-    if is_remote(uri) or shared_fs:
+
+def check_cluster_visible(paths: dict[str, "str | Location | None"], shared_fs: bool = False,
+                          remedy: str = SHARED_FS_REMEDY, address: str | None = None) -> None:
+    """Refuse the first node-local path of ``paths`` (whose → a Location, URI or source spec; None: not used)
+    when work of the Ray cluster may run on another node: it has several, or may autoscale to several
+    (``resources.nodes_beyond_this``). ``shared_fs`` declares local paths a file system every node mounts (NFS,
+    EFS, Lustre). Joins the cluster (``address``, see ``cluster.connect``) only when a path is local. Ray
+    stages call it at their entry, before anything is written or computed."""
+    local = [(what, shown) for what, p in paths.items() if p is not None and (shown := _node_local(p))]
+    if shared_fs or not local:
         return
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes > 1:
-        raise ValueError(f"{what} {uri} is on this machine, but the Ray cluster has {nodes} nodes that must all "
-                         f"see it: {remedy}")
+    from .cluster import connect
+    from .resources import nodes_beyond_this
+
+    connect(address)
+    why = nodes_beyond_this()
+    if why is not None:
+        what, shown = local[0]
+        raise ValueError(f"{what} {shown} is on this machine, but {why} that must all see it: {remedy}")
+
+
+def _node_local(path: "str | Location") -> str | None:
+    """A Location, URI or source spec as messages show it when it names a path on this machine, else None
+    (object storage; ``digits``, bundled with the package on every node)."""
+    if isinstance(path, Location):
+        return path.display if path.is_local else None
+    from ..data.sources import parse_spec
+
+    spec = parse_spec(path)
+    return spec.display if spec.target and not is_remote(spec.target) else None
 
 
 def storage_for(uri: str, endpoint: str | None = None, profile: str | None = None):

@@ -310,7 +310,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
         raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
     storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint, opts.s3_profile)
     connect(address)
-    check_cluster_visible(opts.storage, opts.shared_fs)
+    check_cluster_visible({"checkpoint folder": opts.storage}, opts.shared_fs)
     w, c, g = opts.workers, opts.cpus_per_worker, opts.gpus_per_worker
     wait_for_resources(w * c, w * g, f"Algorithm 1 (--workers {w} × {c:g} CPU + {g:g} GPU)",
                        opts.resource_timeout_s, units=w)

@@ -66,6 +66,7 @@ class SearchRequest:
     seed: int = 0  # searcher seed and the --quick / --subset sample
     device: str = "auto"
     address: str | None = None
+    shared_fs: bool = False  # a local storage folder every node of the cluster mounts
     s3_endpoint: str | None = None
     s3_profile: str | None = None  # a profile name the driver and every trial's node resolve; never a secret
 
@@ -106,6 +107,7 @@ class TrialSettings:
     storage: str  # the search's folder (URI): generators/ and starts/ go under it
     store: StorageOptions
     max_protect_s: float | None
+    shared_fs: bool = False  # a local storage every node mounts (a multi-worker trial's Train run checks it)
 
 
 # ---- one trial ------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # same (storage, name) on a restarted trial: Ray Train continues from the generator's checkpoint
         opts = RayTrainOptions(workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
                                storage=f"{settings.storage}/generators", name=trial_id, resume=True,
-                               s3_endpoint=settings.store.s3_endpoint, s3_profile=settings.store.s3_profile)
+                               shared_fs=settings.shared_fs, s3_endpoint=settings.store.s3_endpoint, s3_profile=settings.store.s3_profile)
         # the trial is the Train run's driver: rank 0's reports reach Tune as generator-phase results
         method, _ = fit_method_distributed(cfg, train, device, opts, callbacks=[GeneratorProgress(METRIC)])
     else:
@@ -402,9 +404,12 @@ def run_search(req: SearchRequest) -> SearchResult:
 
     from ..data.storage import redact_uri
     from .cluster import connect
-    from .storage import storage_for
+    from .storage import check_cluster_visible, storage_for
 
     _check(req)
+    # trials, on any node, read the data and write the search's state and records
+    check_cluster_visible({"--data": req.data, "--test": req.test, "--storage": req.storage}, req.shared_fs,
+                          address=req.address)
     store = req.store()
     storage_path, fs = storage_for(req.storage, store.s3_endpoint, store.s3_profile)
     exp_path = f"{storage_path}/{req.name}"
@@ -430,7 +435,7 @@ def run_search(req: SearchRequest) -> SearchResult:
     settings = TrialSettings(data=req.data, test=req.test, quick=req.quick, method=req.method, device=req.device,
                              workers=req.workers, cpus_per_worker=1.0, subset=req.subset, seed=req.seed,
                              storage=exp_uri, store=store,
-                             max_protect_s=req.max_protect_s)
+                             max_protect_s=req.max_protect_s, shared_fs=req.shared_fs)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), trial_resources(req))
     if req.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
