@@ -50,11 +50,12 @@ PROTECT = {"trainer.arch": "small_cnn", "trainer.steps": 20, "trainer.batch_size
            "solver.samples": 1, "attack.steps": 1}
 
 
-# victims and trials: a few small-CNN steps (``--subset`` bounds a trial's regeneration and victim, not its read)
+# victims: a few small-CNN steps; trials: one victim epoch over ``--subset`` (which bounds a trial's regeneration and
+# victim, not its read)
 VICTIM = ["--arch", "small_cnn", "--steps", "4", "--batch-size", "32", "--device", "cpu"]
 TUNE_SPACE = {"budget.rho_r": {"grid": ["0", "4/255"]}, "trainer.arch": "small_cnn", "trainer.steps": 2,
               "trainer.batch_size": 32, "solver.steps": 1, "solver.samples": 1, "attack.steps": 1,
-              "victim.arch": "small_cnn", "victim.steps": 4, "victim.batch_size": 32}
+              "victim.arch": "small_cnn", "victim.epochs": 1, "victim.batch_size": 32}
 STREAM_MIN_BYTES = 1 << 20  # every run: the splits here (tens of MiB) take the above-threshold paths
 
 
