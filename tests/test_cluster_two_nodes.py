@@ -314,6 +314,64 @@ def test_demo_with_a_local_out_is_refused_on_two_nodes(two_nodes, tmp_path):
     assert not out.exists()
 
 
+# small enough to be quick, large enough to cross an epoch: 64 rows in 8 shards, B = 16 → 8 rows per worker and
+# step, 32 per worker and epoch; 6 steps
+LAYOUT_RUN = ["--arch", "small_cnn", "--steps", "6", "--ku", "1", "--samples", "1", "--ka", "1", "--batch-size", "16",
+              "--rho-a", "2/255", "--device", "cpu", "--workers", "2", "--cpus-per-worker", "0.5", "--stream"]
+
+
+def test_streamed_protect_resumes_exactly_on_another_node_layout(two_nodes, ray_cluster, moto_endpoint, digits):
+    """Algorithm 1 streamed on two Train workers, stopped after 3 of 6 steps on one node (this session's
+    embedded Ray, 4 CPUs), is resumed by `protect --stream --resume` on the two nodes (1 CPU each: the workers
+    share one, Ray Data reads on the other): its generator equals, bit for bit, a run never stopped on one node.
+    The rows a rank gets depend on neither where blocks land nor how many CPUs the cluster has (8 shards: the
+    two nodes' default read parallelism, 2 × 2 CPUs, would put two shards in each block)."""
+    import io
+
+    import torch
+
+    from sem_dist.commands.protect import OVERRIDES
+    from sem_dist.cli import build_parser
+    from sem_dist.config import resolve_config
+    from sem_dist.data.storage import StorageOptions
+    from sem_dist.distributed.dataset import read_rows
+    from sem_dist.distributed.train import RayTrainOptions, fit_generator
+
+    bucket = "layouts"
+    data, ckpt = f"s3://{bucket}/data", f"s3://{bucket}/ckpt"
+    with _client_bucket(moto_endpoint, bucket):
+        save_dataset(digits[0].subset(range(64)), data, shard_rows=8)
+        # the configuration `protect` builds from these flags, and the Ray Train run it names "generator"
+        args = build_parser().parse_args(["protect", "--data", data, "--out", "-", *LAYOUT_RUN])
+        cfg = resolve_config("sem", 8, overrides={k: getattr(args, d) for d, k in OVERRIDES.items()
+                                                  if getattr(args, d) is not None})
+        ds, info = read_rows(data, StorageOptions())
+
+        def fit(name: str, **kw):
+            return fit_generator(cfg, ds, RayTrainOptions(workers=2, storage=ckpt, name=name, log_every_s=0, **kw),
+                                 info=info)
+
+        full, _ = fit("uninterrupted")
+        part, _ = fit("generator", stop_after=3)
+        assert part["step"] == 3 and part["stream"]["positions"] == [[0, 24], [0, 24]]
+        done = two_nodes.submit("jobs/protect.py", "--data", data, "--out", f"s3://{bucket}/protected",
+                                "--checkpoint-dir", ckpt, "--resume", *LAYOUT_RUN)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        manifest = load_dataset(f"s3://{bucket}/protected").meta["manifest"]["protection"]
+        assert (manifest["train_feed"], manifest["train_workers"], manifest["train_resumed_from_step"]) == \
+            ("ray-data", 2, 3)
+        s3 = boto3.client("s3")
+        final = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/generator/")["Contents"]
+                 if o["Key"].endswith("/generator.pt")]
+        states = [torch.load(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read()), weights_only=True)
+                  for k in final]
+        resumed = max(states, key=lambda st: st["step"])
+    assert resumed["step"] == full["step"] == 6
+    assert resumed["stream"]["positions"] == full["stream"]["positions"] == [[1, 16], [1, 16]]  # into epoch 2
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
 def test_planted_secret_appears_nowhere(two_nodes, protect_job):
     """Grep every file both nodes' Ray sessions left (logs, job driver logs, runtime env files, Train run
     state), every object in the bucket (output, manifest, checkpoints) and the job's logs as Ray serves them."""

@@ -191,35 +191,6 @@ def _image_rows(data, bad: dict[int, str] | None = None):
     return ray.data.from_items(rows, override_num_blocks=4), info
 
 
-def test_streamed_dataset_on_two_workers_checkpoints_to_s3_and_resumes_exactly(ray_cluster, digits, s3_env):
-    """Algorithm 1 fed from a Ray dataset: each worker streams its shard (no ray.put of the data); a run
-    stopped after 3 steps and resumed from its S3 checkpoint ends with the same generator, bit for bit,
-    as one never stopped."""
-    import boto3
-
-    from sem_dist.distributed.train import RayTrainOptions, fit_generator
-
-    endpoint, bucket = s3_env
-    ds, info = _image_rows(digits[0].subset(range(64)))
-    cfg = resolve_config("sem", 32, overrides=TINY)  # B=16: 8 rows per worker and step, 32 per shard epoch
-
-    def opts(name, **kw):
-        return RayTrainOptions(workers=2, storage=f"s3://{bucket}/runs", name=name, log_every_s=0,
-                               shuffle_buffer_rows=16, **kw)
-
-    full, _ = fit_generator(cfg, ds, opts("full"), info=info)
-    part, _ = fit_generator(cfg, ds, opts("part", stop_after=3), info=info)
-    assert part["step"] == 3 and part["stream"]["positions"] == [[0, 24], [0, 24]]
-    resumed, metrics = fit_generator(cfg, ds, opts("part", resume=True), info=info)
-    assert metrics["resumed_from"] == 3 and resumed["step"] == full["step"] == 6
-    assert full["stream"]["positions"] == [[1, 16], [1, 16]]  # 48 rows per worker: into the second epoch
-    for k, v in full["model"].items():
-        assert torch.equal(v, resumed["model"][k]), k
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
-        Bucket=bucket, Prefix="runs/part/")["Contents"]]
-    assert any(k.endswith("/generator.pt") and "/checkpoint_" in k for k in keys), keys
-
-
 def test_a_bad_record_in_a_streamed_dataset_fails_with_its_id(ray_cluster, digits, tmp_path):
     from sem_dist.data.storage import DataError
     from sem_dist.distributed.train import fit_generator

@@ -66,7 +66,10 @@ def read_rows(spec: str, storage: StorageOptions, split: str | None = None):
     else:
         root, filesystem = storage_for(folder.display, storage.s3_endpoint, storage.s3_profile)
     paths = [f"{root}/{s.name}" for s in info.manifest.shards]
-    ds = ray.data.read_parquet(paths, filesystem=filesystem, columns=["id", "image", "label"])
+    # one read task per shard: Ray's default count follows the cluster's CPUs, and the blocks decide which rows
+    # each Ray Train rank gets, so a resume on another node layout would see other rows
+    ds = ray.data.read_parquet(paths, filesystem=filesystem, columns=["id", "image", "label"],
+                               override_num_blocks=len(paths))
     rows = ds.map_batches(decode_rows, batch_format="pyarrow",
                           fn_kwargs={"channels": info.channels, "height": info.height, "width": info.width,
                                      "num_classes": len(info.classes)})

@@ -207,8 +207,11 @@ def _feed_config(data, info, cfg: ProtectConfig, opts: RayTrainOptions) -> tuple
     good = data.map_batches(check_good_rows, fn_kwargs={"policy": opts.on_bad_record}, batch_format="numpy")
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # each epoch's shard order is deterministic: exact resume needs it
+    # which rows a rank gets must not depend on where blocks landed (locality), so that a resume on another
+    # node layout skips the same rows: blocks go to ranks in input order (Ray 2.60 also drops the hints when
+    # order is preserved; this says so rather than rely on it)
     return ({"batch_rows": rows, "buffer_rows": opts.shuffle_buffer_rows}, {"train": good},
-            DataConfig(execution_options=ingest))
+            DataConfig(execution_options=ingest, enable_shard_locality=False))
 
 
 def _bad_record(exc: BaseException) -> DataError | None:
