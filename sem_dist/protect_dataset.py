@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .data.canonical import DatasetWriter, Manifest
 from .data.info import SplitTooLarge
 from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecord, BadRecordPolicy
-from .data.storage import DataError, Location, StorageOptions, open_location, redact_uri, storage_errors
+from .data.storage import DataError, Location, StorageOptions, file_identities, open_location, redact_uri
 from .device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
@@ -154,14 +153,7 @@ def input_files(inp: Input) -> dict[str, list] | None:
     """Content identity of a file-backed input (image folders, Parquet, tars, MNIST/CIFAR files): each file's
     size and ETag (object stores) or mtime (local files), by path under the source's root. Canonical inputs
     need none: their manifest's per-shard sha256 is in the fingerprint and every shard is checked against it."""
-    loc = inp.location
-    if inp.canonical or loc is None:
-        return None
-    root = loc.path.rstrip("/")
-    with storage_errors(loc):
-        found = loc.fs.find(root, detail=True) if loc.fs.isdir(root) else {root: loc.fs.info(root)}
-    return {posixpath.relpath(path, root) if path != root else posixpath.basename(root):
-            [d.get("size"), d.get("ETag") or d.get("mtime")] for path, d in sorted(found.items())}
+    return None if inp.canonical or inp.location is None else file_identities(inp.location)
 
 
 def fingerprint(cfg: ProtectConfig, inp: Input, opts: OutputOptions, files: dict[str, list] | None, **more) -> str:
@@ -275,7 +267,7 @@ class Run:
         ``--verbose``, see ``distributed.logs``)."""
         from .distributed.cluster import connect
         from .distributed.logs import native_stderr_to_log, progress_bars
-        from .distributed.regenerate import RayRegenOptions, RayRegenStats, regenerate_ray
+        from .distributed.regenerate import RayRegenOptions, RayRegenStats, run_units
         from .progress import bar
 
         timeout = {} if self.engine.resource_timeout_s is None else {"resource_timeout_s":
@@ -291,7 +283,7 @@ class Run:
         with native_stderr_to_log(), bar(self.inp.info.count, f"{method}: protect (Alg. 4, Ray Data × {actors})",
                                          unit="img") as pb:
             pb.update(sum(r.rows for r in done.values()))
-            for result in regenerate_ray(job, pending, opts, stats):
+            for result in run_units(job, pending, opts, stats):
                 new.append(result)
                 pb.update(result.rows)
         if not new:

@@ -134,7 +134,7 @@ def test_interrupted_write_never_looks_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetWriter, "write_shard", crash_on_second)
     with pytest.raises(RuntimeError):
         save_dataset(data.subset(range(6)), str(tmp_path / "ds"), shard_rows=3, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["part-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["_staging", "part-00000.parquet"]  # resumable
     with pytest.raises(DataError, match="incomplete"):
         load_dataset(str(tmp_path / "ds"))
     monkeypatch.undo()

@@ -127,3 +127,28 @@ def test_resume_refuses_an_input_file_that_changed(s3_env, cli, flags):
     lines = [line for line in err.splitlines() if "error:" in line]
     assert code == 1 and len(lines) == 1 and f"s3://{bucket}/tree/dog/1.png: changed" in lines[0], err
     assert s3_objects(bucket, "out/") == left
+
+
+def test_a_killed_convert_resumes(tmp_path, cli):
+    """In process: `convert` SIGKILLed after its second shard; the refusal's --resume finishes it with the
+    bytes of an uninterrupted convert, and the recorded shards are not written again."""
+    args = ["convert", "digits", str(tmp_path / "out"), "--shard-rows", "400"]
+    run = subprocess.run([sys.executable, "-m", "sem_dist", *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": WT, "SEM_DIST_STOP_AT": "unit:2"})
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    train = tmp_path / "out" / "train"
+    left = {p.name: p.stat().st_mtime_ns for p in train.glob("part-*")}
+    assert sorted(left) == ["part-00000.parquet", "part-00001.parquet"]
+    code, _, err = cli(*args)
+    assert code == 1 and "pass --resume to continue it" in err
+    code, _, err = cli(*args, "--resume")
+    assert code == 0, err
+    code, _, err = cli("convert", "digits", tmp_path / "ref", "--shard-rows", "400")
+    assert code == 0, err
+    for split in ("train", "test"):
+        done, ref = tmp_path / "out" / split, tmp_path / "ref" / split
+        assert sorted(p.name for p in done.iterdir()) == sorted(p.name for p in ref.iterdir())  # no _staging
+        assert all(p.read_bytes() == (ref / p.name).read_bytes() for p in done.glob("part-*"))
+        m, m_ref = (json.loads((d / "manifest.json").read_text()) for d in (done, ref))
+        assert m["shards"] == m_ref["shards"] and m["count"] == m_ref["count"]
+    assert {n: (train / n).stat().st_mtime_ns for n in left} == left

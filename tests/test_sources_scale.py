@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +17,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from sem_dist.data import load_dataset
+
+WT = str(Path(__file__).resolve().parents[1])
 
 
 def error_line(err: str) -> str:
@@ -65,6 +72,7 @@ def test_imagefolder_of_mixed_jpegs_through_ray_at_64(ray_cluster, tmp_path, cli
 
 
 def test_corrupt_jpeg_in_the_middle_on_ray(ray_cluster, tmp_path, cli):
+    """--on-bad-record fail leaves nothing; skip lists the record; a killed convert --ray resumes."""
     root = jpeg_tree(tmp_path / "tree", corrupt="bee/01.jpg")
     code, _, err = cli("convert", f"imagefolder:{root}?size=32", tmp_path / "out", "--ray", "--shard-rows", "3")
     line = error_line(err)
@@ -77,8 +85,29 @@ def test_corrupt_jpeg_in_the_middle_on_ray(ray_cluster, tmp_path, cli):
     assert code == 0 and "1 bad records skipped" in out, err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["id"] for s in manifest["skipped"]] == ["bee/01.jpg"] and manifest["count"] == 11
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())  # shards are named by content on Ray
-    assert names == ["manifest.json", manifest["shards"][0]["name"]] and names[1].startswith("part-")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())  # shard K of unit (class folder) N
+    assert names == ["manifest.json", "part-00000-00000.parquet", "part-00001-00000.parquet",
+                     "part-00002-00000.parquet"] == ["manifest.json", *(s["name"] for s in manifest["shards"])]
+
+    # a convert killed after its second unit resumes: the same bytes, finished units not written again
+    args = ["-m", "sem_dist", "convert", f"imagefolder:{root}?size=32", str(tmp_path / "again"), "--ray",
+            "--on-bad-record", "skip"]
+    killed = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env={
+        **os.environ, "PYTHONPATH": WT, "SEM_DIST_STOP_AT": "unit:2", "SEM_DIST_PROGRESS": "0",
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    recorded = sorted(p.name.split(".")[0] for p in (tmp_path / "again" / "_staging" / "done").iterdir())
+    assert recorded == ["part-00000", "part-00001"] and not (tmp_path / "again" / "manifest.json").exists()
+    left = {f"{u}-00000.parquet": (tmp_path / "again" / f"{u}-00000.parquet").stat().st_mtime_ns for u in recorded}
+    code, _, err = cli(*args[2:])
+    assert code == 1 and "pass --resume to continue it" in error_line(err)
+    code, _, err = cli(*args[2:], "--resume")
+    assert code == 0, err
+    again = tmp_path / "again"
+    assert sorted(p.name for p in again.iterdir()) == names  # no _staging left
+    assert all((again / n).read_bytes() == (tmp_path / "out" / n).read_bytes() for n in names[1:])
+    assert {n: (again / n).stat().st_mtime_ns for n in left} == left
+    assert json.loads((again / "manifest.json").read_text())["shards"] == manifest["shards"]
 
 
 # ---- Hugging Face-style Parquet -------------------------------------------------------------------------

@@ -35,11 +35,14 @@ def add_ray_arguments(g, train: bool) -> None:
                        help="Algorithm-1 workers: N > 1 runs Ray Train with N DDP workers (gloo on CPU, nccl on GPU); "
                             "any value also regenerates on Ray Data (default: everything in this process)")
     g.add_argument("--regen-actors", type=int, metavar="K",
-                   help="Algorithm-4 actors on Ray Data, each holding one copy of the generator and protecting one "
-                        "unit at a time: an input shard, class folder, Parquet file or tar shard (default: "
+                   help="Algorithm-4 model actors on Ray Data, each holding one copy of the generator and solving "
+                        "one output shard at a time while separate CPU actors read/decode and encode/write (default: "
                         "--workers, or in-process when no Ray flag is given)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per Ray worker and per regeneration actor (fractions share a GPU; 0 = CPU only)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
+                   help="CPUs Ray reserves for each Algorithm-1 worker and each regeneration actor, whose torch "
+                        "uses as many threads (default 1); decoding and encoding run in separate CPU actors")
     g.add_argument("--address", metavar="ADDR",
                    help="Ray cluster to use (default: $RAY_ADDRESS, else an embedded local Ray); implies Ray Data "
                         "regeneration")
@@ -60,6 +63,13 @@ def add_verbose_argument(p) -> None:
                    help="show Ray's own output on the console (its INFO lines, Ray Data's progress blocks, workers' "
                         "stdout/stderr); by default it goes to Ray's log files and one line says where "
                         "(same as SEM_DIST_DEBUG=1, which also shows tracebacks)")
+
+
+def cpus_per_worker(args) -> float:
+    """``--cpus-per-worker`` validated."""
+    if args.cpus_per_worker <= 0:
+        raise ValueError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    return args.cpus_per_worker
 
 
 def resource_timeout(args) -> float | None:

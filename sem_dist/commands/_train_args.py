@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ._storage_args import resource_timeout
+from ._storage_args import cpus_per_worker, resource_timeout
 
 
 def add_ray_train_arguments(g) -> None:
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
-                   help="CPUs Ray reserves for each Algorithm-1 worker (default 1)")
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="Ray Train workers (one with --workers 1) stream the input from storage through Ray Data "
                         "instead of loading it into this process (and the object store) (default: stream inputs of "
@@ -19,7 +17,5 @@ def add_ray_train_arguments(g) -> None:
 
 def ray_train_request_fields(args) -> dict:
     """The flags above as ``ProtectRequest`` fields, validated."""
-    if args.cpus_per_worker <= 0:
-        raise ValueError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
-    return {"cpus_per_worker": args.cpus_per_worker, "resource_timeout_s": resource_timeout(args),
+    return {"cpus_per_worker": cpus_per_worker(args), "resource_timeout_s": resource_timeout(args),
             "shared_fs": args.shared_fs, "stream": args.stream}

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
                    help="images per shard (default: the input's shard size, else ~64 MiB of pixels per shard)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset sem-dist wrote at DEST (never deletes anything else)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted convert at DEST with the same SOURCE and flags: shards it recorded as "
+                        "written are not written again (with --ray, finished units are not read again either)")
     p.add_argument("--ray", action="store_true",
                    help="list, read, decode, resize and write in parallel on Ray (imagefolder:, parquet:, "
                         "webdataset: sources); the driver holds metadata only. Embedded local Ray unless "
@@ -44,11 +47,11 @@ def run(args) -> int:
     if args.ray or args.address:
         from ..distributed.convert import convert_ray
 
-        written = convert_ray(*common, address=args.address, shared_fs=args.shared_fs)
+        written = convert_ray(*common, address=args.address, shared_fs=args.shared_fs, resume=args.resume)
     else:
         from ..data.convert import convert
 
-        written = convert(*common)
+        written = convert(*common, resume=args.resume)
     for split, m in written.items():
         skipped = f", {len(m.skipped)} bad records skipped (listed in the manifest)" if m.skipped else ""
         label = f"{split}: " if split else ""

@@ -230,3 +230,14 @@ def storage_errors(loc: Location) -> Iterator[None]:
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "aiohttp"):
             raise DataError(f"{loc.display}: storage error ({type(exc).__name__})") from None
         raise
+
+
+def file_identities(loc: Location) -> dict[str, list]:
+    """Content identity of the files at ``loc`` (a folder or one file): each file's size and ETag (object
+    stores) or mtime (local files), by path under ``loc``. One listing; a resume compares it to name a
+    changed file."""
+    root = loc.path.rstrip("/")
+    with storage_errors(loc):
+        found = loc.fs.find(root, detail=True) if loc.fs.isdir(root) else {root: loc.fs.info(root)}
+    return {posixpath.relpath(path, root) if path != root else posixpath.basename(root):
+            [d.get("size"), d.get("ETag") or d.get("mtime")] for path, d in sorted(found.items())}

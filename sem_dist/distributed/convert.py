@@ -1,33 +1,31 @@
-"""``sem-dist convert --ray``: a plan source → canonical shards, streamed through Ray Data.
+"""``sem-dist convert --ray``: a plan source → canonical shards, through the stages of Algorithm 4 on Ray Data
+without the model (``distributed.regenerate.run_units``: read → write).
 
-Tasks read and decode (``distributed.sources``), then each batch of ``shard_rows`` image rows is encoded
-and written as one shard at its final key in DEST by the task that holds it, named by its content
-(``part-<first 16 hex of its sha256>.parquet``: a task cannot know its batch's position, and the same bytes
-always get the same name). The driver only sees one small record per shard (name, rows, sha256, size, the
-batch's bad records, 8-byte hashes of its ids) and commits with the manifest last, listing the shards in
-input order: memory on the driver grows with the number of shards and 8 bytes per image, never with pixels.
+Each work unit of the source's plan (a class folder, a Parquet file or a range of its row groups, a tar
+shard) is read, decoded and cut into output shards of ``--shard-rows`` rows by a CPU actor; CPU actors
+encode and write each shard at its final key, ``part-NNNNN-KKKKK.parquet`` (shard K of unit N: the names of
+protect's plan units), and the driver records each finished unit in the ledger in ``DEST/_staging``, so a
+killed convert resumes with ``--resume`` without redoing a finished unit. The driver sees one small row per
+shard (name, rows, sha256, size, bad records, 8-byte hashes of its ids) and commits with the manifest last:
+its memory grows with the number of shards and 8 bytes per image, never with pixels.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 
-import numpy as np
-
-from ..data.canonical import SHARD_PREFIX, DatasetWriter, Manifest, ShardInfo, encode_shard
-from ..data.convert import convert_targets, default_shard_rows, new_manifest
-from ..data.plan import portable_uri
-from ..data.records import BadRecordPolicy
-from ..data.info import DatasetInfo
-from ..data.storage import DataError, Location, StorageOptions, open_location
-from ..data.unique import id_hashes, refuse_repeated_ids
-from .sources import read_source_rows
+from ..data.canonical import DatasetWriter, Manifest
+from ..data.convert import convert_targets, new_manifest, start_output
+from ..data.plan import SourcePlan, portable_uri
+from ..data.records import BadRecord, BadRecordPolicy
+from ..data.sources import PLAN_KINDS
+from ..data.storage import DataError, Location, StorageOptions
+from ..data.unique import hashes_from_text, refuse_repeated_ids
+from ..stages.regenerate import Ledger, RegenJob
 
 
 def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
                 overwrite: bool = False, storage: StorageOptions | None = None,
-                address: str | None = None, shared_fs: bool = False) -> dict[str, Manifest]:
+                address: str | None = None, shared_fs: bool = False, resume: bool = False) -> dict[str, Manifest]:
     """:func:`sem_dist.data.convert.convert` with the reading, decoding and encoding on Ray (``shared_fs``: local
     SOURCE and DEST are mounted on every node)."""
     from .cluster import connect
@@ -36,62 +34,56 @@ def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_reco
     storage = storage or StorageOptions()
     # the endpoint resolved here travels to the tasks as an explicit option (a profile name goes as it is)
     storage = dataclasses.replace(storage, s3_endpoint=storage.endpoint())
-    source, parsed, targets = convert_targets(spec, dest, overwrite, storage)
+    source, parsed, targets = convert_targets(spec, dest, overwrite, storage, resume)
+    if parsed.kind not in PLAN_KINDS:
+        raise DataError(f"{parsed.display}: convert --ray reads {', '.join(k + ':' for k in PLAN_KINDS)} sources; "
+                        "convert others without --ray")
     # tasks on any node read SOURCE and write DEST
     check_cluster_visible({"SOURCE": source.location, "DEST": dest}, shared_fs, address=address)
     connect(address)
     written = {}
     for name, folder in targets:
-        ds, info = read_source_rows(parsed, storage, name or None)
-        written[name] = write_rows(ds, info, folder, storage, shard_rows, BadRecordPolicy(on_bad_record))
+        plan = source.plan(source.resolve_split(name or parsed.split))
+        written[name] = convert_plan(plan, folder, storage, shard_rows, on_bad_record, resume)
     return written
 
 
-def write_rows(ds, info: DatasetInfo, out: Location, storage: StorageOptions, shard_rows: int | None,
-               policy: BadRecordPolicy) -> Manifest:
-    """Image rows → a committed canonical dataset at ``out`` (see the module docstring)."""
+def convert_plan(plan: SourcePlan, out: Location, storage: StorageOptions, shard_rows: int | None,
+                 on_bad_record: str, resume: bool) -> Manifest:
+    """One split of a plan source → a committed canonical dataset at ``out`` (see the module docstring)."""
+    from .logs import progress_bars
+    from .regenerate import RayRegenOptions, run_units
+
+    image = plan.image_spec()
+    info = plan.info(image)
     writer = DatasetWriter(out)
-    writer.clear()  # an earlier interrupted run's leftovers
-    out_uri, fail = portable_uri(out), policy.mode == "fail"
-    shape = (info.channels, info.height, info.width)
-
-    def write(batch: dict) -> dict:
-        errors = batch["error"]
-        good = [i for i, e in enumerate(errors) if not e]
-        bad = json.dumps([[str(batch["id"][i]), str(e)] for i, e in enumerate(errors) if e])
-        if not good or (fail and len(good) < len(errors)):  # a failing run writes nothing more
-            return {"name": [""], "rows": [0], "sha256": [""], "bytes": [0], "bad": [bad], "hashes": [b""]}
-        ids = [str(batch["id"][i]) for i in good]
-        data = encode_shard(ids, batch["image"][good], batch["label"][good])
-        sha = hashlib.sha256(data).hexdigest()
-        name = f"{SHARD_PREFIX}{sha[:16]}.parquet"
-        open_location(out_uri, storage).write_bytes(name, data)
-        return {"name": [name], "rows": [len(ids)], "sha256": [sha], "bytes": [len(data)], "bad": [bad],
-                "hashes": [id_hashes(ids).tobytes()]}
-
-    rows = shard_rows or default_shard_rows(*shape)
-    # a shard's pixels plus its encoding; declaring it also keeps Ray from fusing this stage into the
-    # decode tasks, which would then decode a whole shard's images in one task instead of in parallel
-    results = ds.map_batches(write, batch_size=rows, batch_format="numpy", memory=2 * rows * int(np.prod(shape)))
-    results.context.execution_options.preserve_order = True  # shard order (and names) fixed by the input
-    shards, hashes = [], []
-    rows_out = iter(results.iter_rows())
+    settings = {"engine": "ray", "options": plan.options, "shard_rows": shard_rows, "on_bad_record": on_bad_record,
+                "image": dataclasses.asdict(image), "units": plan.units}
+    finished = start_output(writer, plan.as_split(plan.reader.location), settings, resume)
+    if finished is not None:
+        return finished
+    ledger = Ledger(writer.staging)
+    done = ledger.finished()
+    job = RegenJob(out_uri=portable_uri(out), staging_uri=portable_uri(writer.staging), method_uri="",
+                   s3_endpoint=storage.s3_endpoint, s3_profile=storage.s3_profile, keep_noise=False,
+                   on_bad_record=on_bad_record, plan=plan, image=image, shard_rows=shard_rows)
+    pending = [i for i in range(len(plan.units)) if i not in done]
     try:
-        for r in rows_out:
-            for rid, reason in json.loads(r["bad"]):
-                policy.reject(rid, info.source["uri"], reason)
-            if r["rows"]:
-                shards.append(ShardInfo(str(r["name"]), int(r["rows"]), str(r["sha256"]), int(r["bytes"])))
-                hashes.append(np.frombuffer(r["hashes"], dtype=np.uint64))
-        if not shards:
-            skipped = f" after skipping {len(policy.skipped)} bad records" if policy.skipped else ""
-            raise DataError(f"{info.source['uri']}: the dataset is empty{skipped}")
-        manifest = new_manifest(info, shards, shape, info.source, policy)
-        refuse_repeated_ids(out, manifest, hashes)
-        writer.commit(manifest)
-    except BaseException:
-        getattr(rows_out, "close", lambda: None)()  # stops the pipeline (cancels its tasks) before cleaning up
+        results = [*done.values(), *run_units(job, pending, RayRegenOptions(progress=progress_bars()))]
+    except BadRecord:
+        writer.clear()  # --on-bad-record fail: nothing half-written under DEST
+        raise
+    results.sort(key=lambda r: r.index)
+    policy = BadRecordPolicy(on_bad_record, [s for r in results for s in r.skipped])
+    shards = [s for r in results for s in r.shards]
+    if not shards:
+        skipped = f" after skipping {len(policy.skipped)} bad records" if policy.skipped else ""
+        raise DataError(f"{info.source['uri']}: the dataset is empty{skipped}")
+    manifest = new_manifest(info, shards, (info.channels, info.height, info.width), info.source, policy)
+    try:  # ids no manifest vouches for, written by separate workers: a repeat is refused
+        refuse_repeated_ids(out, manifest, [hashes_from_text(h) for r in results for h in r.id_hashes])
+    except DataError:
         writer.clear()
         raise
+    writer.commit(manifest)
     return manifest
-

@@ -59,7 +59,8 @@ def _row(unit: int, part: int, name: str = "", chunk: Chunk | None = None, **mor
     row = {"unit": unit, "part": part, "parts": -1, "name": name, "ids": json.dumps(ids),
            "shape": json.dumps(shape), "images": chunk.images.tobytes() if chunk is not None else b"",
            "labels": chunk.labels.astype(np.int64).tobytes() if chunk is not None else b"",
-           "skipped": "[]", "error": "", "bad_record": False, "read": [0.0, 0.0], **more}
+           "skipped": "[]", "error": "", "bad_record": False, "read": [0.0, 0.0], "noise_at": [0.0, 0.0],
+           "actor_ready": 0.0, **more}
     return {k: [v] for k, v in row.items()}
 
 
@@ -116,7 +117,8 @@ class NoiseStage:
 
 
 class WriteStage:
-    """CPU stage: the protected shard encoded and written at its final key; only a small row goes on."""
+    """CPU stage: the protected shard (or, converting, the shard as read) encoded and written at its final
+    key; only a small row goes on."""
 
     def __init__(self, job: RegenJob):
         self.job, self.out = job, open_location(job.out_uri, job.storage)
@@ -126,7 +128,7 @@ class WriteStage:
         done = {"info": "", "noise_stats": "", "id_hash": ""}
         if row["part"] >= 0:
             chunk = _chunk(row)
-            noise = np.frombuffer(row["noise"], np.int8).reshape(chunk.images.shape)
+            noise = np.frombuffer(row["noise"], np.int8).reshape(chunk.images.shape) if "noise" in row else None
             try:
                 info, stats = write_part(self.out, chunk.where, chunk, noise, self.job.keep_noise)
                 done = {"info": json.dumps(dataclasses.asdict(info)),
@@ -164,7 +166,8 @@ class RayRegenStats:
             t0, t1 = (float(t) for t in row[key])
             if t1 > 0 and (stage == "read" or row["part"] >= 0):
                 self.spans[stage].append((t0, t1))
-        self.ready = min(self.ready or row["actor_ready"], row["actor_ready"])
+        if row["actor_ready"] > 0:
+            self.ready = min(self.ready or row["actor_ready"], row["actor_ready"])
 
     def stages(self) -> dict[str, dict]:
         """Per stage: ``busy_s`` (summed over workers), ``wall_s`` (first start to last end), ``workers`` (most
@@ -220,10 +223,10 @@ class _Units:
         return result
 
 
-def regenerate_ray(job: RegenJob, pending: list[int], opts: RayRegenOptions,
-                   stats: RayRegenStats | None = None) -> Iterator[UnitResult]:
-    """Run the ``pending`` units through the three stages; yields each unit's result (its ledger entry
-    written) as soon as all its shards are written."""
+def run_units(job: RegenJob, pending: list[int], opts: RayRegenOptions,
+              stats: RayRegenStats | None = None) -> Iterator[UnitResult]:
+    """Run the ``pending`` units through the stages (read → noise → write; read → write for a conversion,
+    ``job.method_uri`` empty); yields each unit's result, its ledger entry written, once all its shards are."""
     import ray
     import ray.data
 
@@ -235,23 +238,24 @@ def regenerate_ray(job: RegenJob, pending: list[int], opts: RayRegenOptions,
     stats = stats or RayRegenStats()
     connect(opts.address)
     cpus, gpus = opts.cpus_per_actor, opts.gpus_per_actor
-    actors = max(1, min(opts.actors, len(pending)))
-    what = f"{actors} regeneration actor(s)"
-    wait_for_resources(actors * cpus, actors * gpus, what, opts.resource_timeout_s, units=actors)
-    wait_for_resources(actors * cpus + 2 * IO_CPUS, actors * gpus, f"{what}, a reader and a writer",
+    actors = max(1, min(opts.actors, len(pending))) if job.method_uri else 0
+    if actors:
+        wait_for_resources(actors * cpus, actors * gpus, f"{actors} regeneration actor(s)", opts.resource_timeout_s,
+                           units=actors)
+    wait_for_resources(actors * cpus + 2 * IO_CPUS, actors * gpus, f"{actors} model actor(s), a reader and a writer",
                        opts.resource_timeout_s)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = opts.progress
+    ray.data.DataContext.get_current().enable_progress_bars = opts.progress
     job = dataclasses.replace(job, device="cuda" if gpus > 0 else "cpu")
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=opts.io_actors)
     out = (ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
            .map_batches(ReadStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
-                        num_cpus=IO_CPUS)
-           .map_batches(NoiseStage, fn_constructor_kwargs={"job": job, "threads": max(1, int(cpus))},
-                        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
-                        batch_size=1, num_cpus=cpus, num_gpus=gpus if gpus > 0 else None)
-           .map_batches(WriteStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
                         num_cpus=IO_CPUS))
+    if actors:
+        out = out.map_batches(NoiseStage, fn_constructor_kwargs={"job": job, "threads": max(1, int(cpus))},
+                              compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+                              batch_size=1, num_cpus=cpus, num_gpus=gpus if gpus > 0 else None)
+    out = out.map_batches(WriteStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
+                          num_cpus=IO_CPUS)
     ledger, units = Ledger(open_location(job.staging_uri, job.storage)), _Units()
     stats.started = time.time()
     rows = iter(out.iter_rows())

@@ -26,7 +26,6 @@ stream, ``part-NNNNN-KKKKK`` for output shard K of plan unit N, so no name depen
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -37,19 +36,16 @@ import torch
 from ..data.arrays import ArrayDataset
 from ..data.canonical import SHARD_PREFIX, ShardInfo, read_manifest, read_shard, shard_name, write_shard
 from ..data.convert import default_shard_rows, shards_of
+from ..data.ledger import Ledger as RunLedger
 from ..data.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, Chunk, checked, concat, rebatch
-from ..data.storage import DataError, Location, StorageOptions, open_location
+from ..data.storage import Location, StorageOptions, open_location
 from ..data.unique import hashes_text
 from ..perturb.methods import NoiseMethod
 from ..perturb.regenerate import apply_noise, regenerate
 from ..pipeline import NoiseStats
 from ..progress import bar
-from ..testing.stop import stop_point
 from .read import Input
-
-LEDGER = "done"
-RUN_RECORD = "run.json"
 
 
 @dataclass
@@ -74,52 +70,20 @@ class UnitResult:
         if id_hash is not None:
             self.id_hashes.append(id_hash)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str | bytes) -> "UnitResult":
-        raw = json.loads(text)
+    def from_dict(cls, raw: dict) -> "UnitResult":
         return cls(raw["index"], [ShardInfo(**s) for s in raw["shards"]], NoiseStats(**raw["noise"]),
                    raw["skipped"], raw["seconds"], raw["id_hashes"])
 
 
-class Ledger:
-    """Finished units of a run, one object each under ``staging/done/``."""
-
-    def __init__(self, staging: Location):
-        self.staging, self.folder = staging, staging.child(LEDGER)
-
-    def open(self, fingerprint: str, resume: bool, files: dict[str, list] | None = None, source: str = "") -> None:
-        """Tie the (fresh or kept) staging area to ``fingerprint``; a resumed run must match it. ``files`` (the
-        input's per-file identity, see ``protect_dataset.input_files``) is kept so that a changed input file
-        can be named."""
-        if resume and self.staging.exists(RUN_RECORD):
-            before = json.loads(self.staging.read_bytes(RUN_RECORD))
-            if before["fingerprint"] != fingerprint:
-                old, changed = before.get("input_files"), None
-                if old is not None and files is not None:
-                    changed = next((f for f in sorted({*old, *files}) if old.get(f) != files.get(f)), None)
-                if changed is not None:
-                    raise DataError(f"{source}/{changed}: changed since the interrupted run (size, ETag or mtime "
-                                    "differ); pass --overwrite to start over")
-                raise DataError(f"{self.staging.display}: the interrupted run there used other settings or input; "
-                                "pass --overwrite to start over")
-            return
-        record = {"fingerprint": fingerprint, "input_files": files}
-        self.staging.write_bytes(RUN_RECORD, json.dumps(record).encode())
+class Ledger(RunLedger):
+    """The run's ledger (``data.ledger``) with :class:`UnitResult` entries."""
 
     def finished(self) -> dict[int, UnitResult]:
-        done = {}
-        for name in self.folder.names():
-            if name.endswith(".json"):
-                r = UnitResult.from_json(self.folder.read_bytes(name))
-                done[r.index] = r
-        return done
+        return {i: UnitResult.from_dict(e) for i, e in self.entries().items()}
 
     def record(self, result: UnitResult) -> None:
-        self.folder.write_bytes(f"{shard_name(result.index)}.json", result.to_json().encode())
-        stop_point("unit")
+        super().record(dataclasses.asdict(result))
 
 
 def solve_noise(method: NoiseMethod, chunk: Chunk, device: torch.device) -> np.ndarray:
@@ -134,9 +98,12 @@ def solve_noise(method: NoiseMethod, chunk: Chunk, device: torch.device) -> np.n
     return noise
 
 
-def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray, keep_noise: bool
+def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray | None, keep_noise: bool
                ) -> tuple[ShardInfo, NoiseStats]:
-    """One output shard's protected images (and noise) encoded and written to ``out/name``."""
+    """One output shard's protected images (and noise) encoded and written to ``out/name``; without
+    ``noise`` (a conversion) the images as they are."""
+    if noise is None:
+        return write_shard(out, name, chunk.ids, chunk.images, chunk.labels), NoiseStats()
     info = write_shard(out, name, chunk.ids, apply_noise(chunk.images, noise), chunk.labels,
                        noise if keep_noise else None)
     return info, NoiseStats().update(noise)
@@ -161,7 +128,7 @@ class RegenJob:
 
     out_uri: str  # shards go here, at their final keys
     staging_uri: str  # the ledger
-    method_uri: str
+    method_uri: str  # the frozen method; "" for a conversion (no noise)
     s3_endpoint: str | None
     keep_noise: bool
     on_bad_record: str
