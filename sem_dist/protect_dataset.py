@@ -34,7 +34,8 @@ from .device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
 from .rng import RNG_SCHEME
 from .stages.commit import already_done, commit
-from .stages.fit import METHOD_CHECKPOINT, FitPlan, choose_feed, fit, read_checkpoint, save_method
+from .stages.fit import (IN_PROCESS, METHOD_CHECKPOINT, RAY_DATA, FitPlan, choose_feed, fit, read_checkpoint,
+                         save_method)
 from .stages.read import Input, open_input
 from .stages.regenerate import Ledger, RegenJob, UnitResult, pending_units, regenerate_local, unit_count
 
@@ -199,14 +200,14 @@ class Run:
         root = self.inp.location.display if self.inp.location is not None else ""
         Ledger(self.staging).open(fp, self.opts.resume, files, root)
 
-    def check_cluster_paths(self, checkpoint: str | None, shared_fs: bool) -> None:
+    def check_cluster_paths(self, checkpoint: str | None, streamed: bool, shared_fs: bool) -> None:
         """Refuse, before anything is written, a path only this machine has that a Ray stage of this run
-        touches while the cluster has, or may autoscale to, several nodes: the input when Ray can read it
-        (regeneration actors, a streamed fit), the output (shards and ledger) when Ray Data regenerates,
+        touches while the cluster has, or may autoscale to, several nodes: the input when Ray reads it
+        (regeneration actors, a ``streamed`` fit), the output (shards and ledger) when Ray Data regenerates,
         ``checkpoint`` when Ray Train fits (None otherwise)."""
         from .distributed.storage import check_cluster_visible
 
-        ray_reads = self.inp.ray_readable and (self.engine.ray_regen or checkpoint is not None)
+        ray_reads = self.engine.ray_regen or streamed
         check_cluster_visible({"--data": self.inp.location if ray_reads else None,
                                "--out": self.out if self.engine.ray_regen else None,
                                "checkpoint folder": checkpoint}, shared_fs, address=self.engine.address)
@@ -333,15 +334,15 @@ def protect(req: ProtectRequest) -> Manifest:
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)
     cfg = resolve_config(req.method, inp.info.image_side, req.config_file, req.overrides)
-    choose_feed(cfg, inp, req.engine().workers, req.stream, ray_train=False)  # its refusals, before any write
     run = Run.open(inp, req.output(), req.engine(), t_start)
-    engine = run.engine
+    engine, ckpt = run.engine, checkpoint_location(req, run.out)
+    # how the fit will get the split: its refusals, and which paths Ray stages touch, before any write
+    feed = choose_feed(cfg, inp, engine.workers, req.stream, uses_ray_train(engine.workers, ckpt))
     files = input_files(inp)
     fp = fingerprint(cfg, inp, run.opts, files)
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.writer, fp)
-    ckpt = checkpoint_location(req, run.out)
-    run.check_cluster_paths(ckpt if uses_ray_train(engine.workers, ckpt) else None, req.shared_fs)
+    run.check_cluster_paths(ckpt if feed != IN_PROCESS else None, feed == RAY_DATA, req.shared_fs)
     run.start(fp, files)
     t_loaded = time.perf_counter()
 
@@ -384,7 +385,7 @@ def regenerate_dataset(req: RegenerateRequest) -> Manifest:
     fp = fingerprint(cfg, inp, run.opts, files, generator_sha256=sha)
     if run.state is OutputState.COMPLETE and req.resume:
         return already_done(run.writer, fp)
-    run.check_cluster_paths(None, req.shared_fs)
+    run.check_cluster_paths(None, False, req.shared_fs)
     run.start(fp, files)
     save_method(state, run.staging)
     protection = {"method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},

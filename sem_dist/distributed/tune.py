@@ -210,7 +210,8 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
         # same (storage, name) on a restarted trial: Ray Train continues from the generator's checkpoint
         opts = RayTrainOptions(workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
                                storage=f"{settings.storage}/generators", name=trial_id, resume=True,
-                               shared_fs=settings.shared_fs, s3_endpoint=settings.store.s3_endpoint, s3_profile=settings.store.s3_profile)
+                               shared_fs=settings.shared_fs, s3_endpoint=settings.store.s3_endpoint,
+                               s3_profile=settings.store.s3_profile)
         # the trial is the Train run's driver: rank 0's reports reach Tune as generator-phase results
         method, _ = fit_method_distributed(cfg, train, device, opts, callbacks=[GeneratorProgress(METRIC)])
     else:
