@@ -112,7 +112,8 @@ def test_corrupt_jpeg_in_the_middle_on_ray(ray_cluster, tmp_path, cli):
 
 # ---- Hugging Face-style Parquet -------------------------------------------------------------------------
 
-def hf_parquet(path, images, labels, *, struct=True, image_col="image", label_col="label", ids=None, names=None):
+def hf_parquet(path, images, labels, *, struct=True, image_col="image", label_col="label", ids=None, names=None,
+               row_group_size=4):
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())]) if struct else pa.binary()
     values = [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)] if struct else images
     cols = {image_col: pa.array(values, image_type), label_col: pa.array(labels, pa.int64())}
@@ -124,16 +125,16 @@ def hf_parquet(path, images, labels, *, struct=True, image_col="image", label_co
                                       image_col: {"_type": "Image"}}}}
         table = table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=4)
+    pq.write_table(table, path, row_group_size=row_group_size)
 
 
-def test_hf_parquet_struct_and_bytes_columns_convert_and_round_trip(ray_cluster, tmp_path, cli):
+def test_hf_parquet_struct_and_bytes_columns_convert_and_round_trip(ray_cluster, tmp_path, cli, monkeypatch):
     hub = tmp_path / "hub"
     labels = [0, 2, 1, 2, 0, 1, 1]
     hf_parquet(hub / "data" / "train-00000-of-00002.parquet", [png(i) for i in range(4)], labels[:4],
-               names=["cat", "dog", "eel"])
+               names=["cat", "dog", "eel"], row_group_size=2)
     hf_parquet(hub / "data" / "train-00001-of-00002.parquet", [png(i) for i in range(4, 7)], labels[4:],
-               names=["cat", "dog", "eel"])
+               names=["cat", "dog", "eel"], row_group_size=2)
     hf_parquet(hub / "data" / "test-00000-of-00001.parquet", [png(9), png(10)], [1, 0], names=["cat", "dog", "eel"])
 
     # without a manifest the folder is not a canonical dataset, and the refusal says how to read it
@@ -148,11 +149,17 @@ def test_hf_parquet_struct_and_bytes_columns_convert_and_round_trip(ray_cluster,
     assert np.array_equal(train.images[5], np.asarray(Image.open(io.BytesIO(png(5)))).transpose(2, 0, 1))
     assert load_dataset(str(tmp_path / "canon" / "test")).labels.tolist() == [1, 0]
 
-    # the Ray reader gives the same rows
+    # the Ray reader gives the same rows; files above UNIT_BYTES are split by row groups (here: every file,
+    # 2 + 2 row groups), one unit each, so a big file spreads over the workers
+    import sem_dist.data.hfparquet as hfparquet
+
+    monkeypatch.setattr(hfparquet, "UNIT_BYTES", 1)
     code, _, err = cli("convert", f"parquet:{hub}?split=train", tmp_path / "canon-ray", "--ray")
     assert code == 0, err
     ray_train = load_dataset(str(tmp_path / "canon-ray"))
     assert ray_train.ids == train.ids and np.array_equal(ray_train.images, train.images)
+    shards = json.loads((tmp_path / "canon-ray" / "manifest.json").read_text())["shards"]
+    assert [s["name"] for s in shards] == [f"part-{u:05d}-00000.parquet" for u in range(4)]
 
     # plain bytes, other column names (options), an id column, classes from the label statistics
     plain = tmp_path / "plain"

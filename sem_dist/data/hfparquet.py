@@ -5,7 +5,9 @@ column, and optionally an id column. Options: ``image=COL`` (default ``image``),
 ``label``), ``id=COL`` (default ``id`` when the files have it; otherwise ids are ``FILE#ROW``, stable for
 the same files), ``names=a,b,c`` / ``classes=N`` (else the ``ClassLabel`` names the Hub stores in the
 schema metadata, else ``0..max label``, read from the files' statistics), ``size=S``, ``mode=RGB|L``.
-Work units are files: each is read by one task, in batches, so memory stays bounded per file.
+Work units are files, and a file larger than ``UNIT_BYTES`` is split into runs of its row groups of about
+that size (``FILE::rgA-B``), so one big file still spreads over many workers; each unit is read in batches,
+so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .plan import DECODE_ROWS, RawRecord, SourcePlan, UnitReader, class_names, portable_uri
+
+UNIT_BYTES = 64 << 20  # a unit of parallel work: a file, or a run of a bigger file's row groups of ~this size
+_RANGE = "::rg"  # FILE::rgA-B: row groups [A, B) of FILE
 from .shardfiles import ShardFilesSource
 from .storage import DataError, Location, StorageOptions, storage_errors
 
@@ -39,16 +44,19 @@ class ParquetReader(UnitReader):
         self.columns, self.keep_below = columns, keep_below
 
     def records(self, unit: str) -> Iterator[RawRecord]:
-        with _open(self.location, unit) as pf:
-            yield from self._records(pf, unit)
+        rel, _, span = unit.partition(_RANGE)
+        with _open(self.location, rel) as pf:
+            first, stop = (int(g) for g in span.split("-")) if span else (0, pf.metadata.num_row_groups)
+            yield from self._records(pf, rel, range(first, stop))
 
-    def _records(self, pf: pq.ParquetFile, unit: str) -> Iterator[RawRecord]:
+    def _records(self, pf: pq.ParquetFile, rel: str, groups: range) -> Iterator[RawRecord]:
         image, label, rid = self.columns["image"], self.columns["label"], self.columns["id"]
-        check_columns(pf.schema_arrow, self.columns, self.location.child(unit).display)
-        row = 0
-        for batch in pf.iter_batches(batch_size=DECODE_ROWS, columns=[c for c in (rid, image, label) if c]):
+        check_columns(pf.schema_arrow, self.columns, self.location.child(rel).display)
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(groups.start))  # ids FILE#ROW count from 0
+        for batch in pf.iter_batches(batch_size=DECODE_ROWS, row_groups=list(groups),
+                                     columns=[c for c in (rid, image, label) if c]):
             for rec in batch.to_pylist():
-                record_id = str(rec[rid]) if rid else f"{unit}#{row}"
+                record_id = str(rec[rid]) if rid else f"{rel}#{row}"
                 row += 1
                 value, lab = rec[image], rec[label]
                 data = value.get("bytes") if isinstance(value, dict) else value
@@ -59,7 +67,7 @@ class ParquetReader(UnitReader):
                 if rid and rec[rid] is None:
                     error = "id missing"
                 yield RawRecord(record_id, lab if isinstance(lab, int) else -1, data or b"",
-                                where=unit if rid else "", error=error)
+                                where=rel if rid else "", error=error)
 
 
 def check_columns(schema: pa.Schema, columns: dict[str, str | None], where: str) -> None:
@@ -98,7 +106,23 @@ class HFParquetSource(ShardFilesSource):
         classes = class_names(self.options, found, display)
         keep = len(classes) if "classes" in self.options else None
         reader = ParquetReader(portable_uri(self.location), self.storage, self.location, columns, keep)
-        return SourcePlan(display, name, classes, files, reader, self.channels, self.resize, dict(self.options))
+        units = [u for rel in files for u in self._units(rel)]
+        return SourcePlan(display, name, classes, units, reader, self.channels, self.resize, dict(self.options))
+
+    def _units(self, rel: str) -> list[str]:
+        """``rel`` whole, or, when larger than ``UNIT_BYTES``, runs of its row groups of about that size (the
+        footer is read only then)."""
+        if self.sizes.get(rel, 0) <= UNIT_BYTES:
+            return [rel]
+        with _open(self.location, rel) as pf:
+            meta = pf.metadata
+        units, first, size = [], 0, 0
+        for g in range(meta.num_row_groups):
+            size += meta.row_group(g).total_byte_size
+            if size >= UNIT_BYTES or g == meta.num_row_groups - 1:
+                units.append(f"{rel}{_RANGE}{first}-{g + 1}")
+                first, size = g + 1, 0
+        return units if len(units) > 1 else [rel]
 
     def _max_label(self, files: list[str], label: str) -> int:
         """The largest label, from the files' row-group statistics (footers only, no data read)."""

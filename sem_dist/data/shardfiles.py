@@ -37,15 +37,16 @@ class ShardFilesSource(Source):
         self.channels, self.resize = image_options(options, display)
         positive_int(options, "classes", display)
         self._files: list[str] | None = None
+        self.sizes: dict[str, int] = {}  # bytes of each data file, from the listing
 
     def files(self) -> list[str]:
         """Data files relative to the root, sorted; hidden files and ``_staging`` leftovers are not data."""
         if self._files is None:
             root = self.location.path.rstrip("/")
             with storage_errors(self.location):
-                found = self.location.fs.find(root) if self.location.fs.isdir(root) else []
-            rels = sorted(posixpath.relpath(p, root) for p in found)
-            self._files = [r for r in rels if r.lower().endswith(self.ext)
+                found = self.location.fs.find(root, detail=True) if self.location.fs.isdir(root) else {}
+            self.sizes = {posixpath.relpath(p, root): int(d.get("size") or 0) for p, d in found.items()}
+            self._files = [r for r in sorted(self.sizes) if r.lower().endswith(self.ext)
                            and not any(p.startswith((".", "_")) for p in r.split("/"))]
             if not self._files:
                 raise DataError(f"{self.display}: no *{self.ext} files ({self.location.why_missing()})"

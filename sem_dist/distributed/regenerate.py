@@ -44,7 +44,6 @@ class RayRegenOptions:
     actors: int = 2  # noise-stage actors (each holds one copy of the generator)
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the noise actor's torch threads
-    io_actors: int | None = None  # most actors of each CPU stage (None: as many as free CPUs hold)
     address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
     progress: bool = True  # Ray Data's progress bars
     resource_timeout_s: float = DEFAULT_RESOURCE_TIMEOUT_S  # how long an autoscaler gets to add the actors
@@ -71,7 +70,7 @@ def _one(batch: dict) -> dict:
 def _chunk(row: dict) -> Chunk:
     ids = json.loads(row["ids"])
     images = np.frombuffer(row["images"], np.uint8).reshape(len(ids), *json.loads(row["shape"])).copy()
-    return Chunk(ids, images, np.frombuffer(row["labels"], np.int64), str(row["name"]))
+    return Chunk(ids, images, np.frombuffer(row["labels"], np.int64).copy(), str(row["name"]))
 
 
 class ReadStage:
@@ -246,7 +245,7 @@ def run_units(job: RegenJob, pending: list[int], opts: RayRegenOptions,
                        opts.resource_timeout_s)
     ray.data.DataContext.get_current().enable_progress_bars = opts.progress
     job = dataclasses.replace(job, device="cuda" if gpus > 0 else "cpu")
-    io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=opts.io_actors)
+    io_pool = ray.data.ActorPoolStrategy(min_size=1)  # grows onto the CPUs the model actors leave
     out = (ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
            .map_batches(ReadStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
                         num_cpus=IO_CPUS))

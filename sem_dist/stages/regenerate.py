@@ -6,16 +6,18 @@ Units are what the input already divides into, so any worker can run any unit kn
 - a canonical input (no ``--shard-rows``): unit i is input shard i — read whole, checked against the
   manifest's sha256, decoded, its records checked, perturbed and written as one output shard;
 - a file-backed source (``imagefolder:``, ``parquet:``, ``webdataset:``): unit i is the plan's unit i (a
-  class folder, a Parquet file, a tar shard) — listed, fetched, decoded and resized to the working size
-  in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB of pixels), each perturbed
-  and written as soon as it is full, so memory holds one output shard, not the unit.
-:class:`UnitRunner` does exactly that wherever it runs — in this process (:func:`regenerate_local`) or in a
-Ray Data actor (``sem_dist.distributed.regenerate``) — so both engines write the same bytes for the same
-seed (noise depends on (seed, id); block methods such as NTGA on blocks formed inside an output shard).
+  class folder, a Parquet file or a run of its row groups, a tar shard) — listed, fetched, decoded and
+  resized to the working size in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB
+  of pixels), each perturbed and written as soon as it is full, so memory holds one output shard, not the unit.
+A unit's work is three steps — :class:`UnitInput` (read into output shards), :func:`solve_noise` (the model),
+:func:`write_part` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
+(:func:`regenerate_local`) and ``sem_dist.distributed.regenerate`` runs as three Ray Data stages, so both
+engines write the same bytes for the same seed (noise depends on (seed, id); block methods such as NTGA on
+blocks formed inside an output shard).
 Other sources (bundled and MNIST/CIFAR files), and canonical inputs re-cut by ``--shard-rows``, run in this
 process over the record stream cut into ``--shard-rows`` units.
 
-The ledger: after a unit's shards are written, one small object ``_staging/done/part-NNNNN.json`` records
+The ledger (``data.ledger``): after a unit's shards are written, one small object in ``_staging/done/`` records
 it (shard infos, noise totals, skipped records, and for plan units 8-byte hashes of its ids, so the commit
 can refuse an id repeated across files without anyone holding the ids). Finishing a unit costs O(1)
 storage writes, and ``--resume`` lists ``done/`` and redoes only units without an entry (a unit written

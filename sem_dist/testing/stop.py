@@ -3,8 +3,8 @@
 ``SEM_DIST_STOP_AT=POINT[:N]`` makes the process SIGKILL itself the N-th time (default: the first) it reaches
 ``stop_point(POINT)``. Unset, a point costs one environment lookup. Points:
 
-- ``unit``: a unit's shards are at their final keys and its ledger entry is written (in the process that ran
-  it: the driver for the in-process engine, an actor on Ray Data);
+- ``unit``: a unit's shards are at their final keys and its ledger entry is written (by the driver, in process
+  and on Ray Data; for the in-process convert a unit is one output shard);
 - ``before-manifest``: every unit is done, the manifest is about to be written;
 - ``after-manifest``: the manifest is written, the run's ``_staging`` area and stale shards not yet removed.
 """
