@@ -129,7 +129,7 @@ class WriteStage:
             chunk = _chunk(row)
             noise = np.frombuffer(row["noise"], np.int8).reshape(chunk.images.shape) if "noise" in row else None
             try:
-                info, stats = write_part(self.out, chunk.where, chunk, noise, self.job.keep_noise)
+                info, stats = write_part(self.out, str(row["name"]), chunk, noise, self.job.keep_noise)
                 done = {"info": json.dumps(dataclasses.asdict(info)),
                         "noise_stats": json.dumps(dataclasses.asdict(stats)),
                         "id_hash": shard_id_hash(self.job, chunk) or ""}
