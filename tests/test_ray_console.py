@@ -80,7 +80,7 @@ def test_streamed_protect_from_s3_on_ray_is_quiet_and_says_where_the_logs_are(ra
     # what Ray would have printed is in its files: the driver's ray loggers and native stderr, Ray Data's log
     driver_log = (logs / f"sem-dist-driver-{pid}.log").read_text()
     assert "Connected to Ray cluster" in driver_log
-    assert "core_worker.cc" in driver_log and "MapWorker(MapBatches(NoiseStage))" in driver_log
+    assert "core_worker.cc" in driver_log and "MapWorker(MapBatches(" in driver_log  # a regeneration stage's actor
     assert "Execution plan of Dataset" in (logs / "ray-data" / "ray-data.log").read_text()
 
     got = load_dataset(f"s3://{bucket}/out")

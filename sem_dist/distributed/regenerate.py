@@ -23,7 +23,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -35,8 +35,22 @@ from ..stages.regenerate import (Ledger, RegenJob, UnitInput, UnitResult, shard_
                                  write_part)
 from .resources import DEFAULT_RESOURCE_TIMEOUT_S
 
+if TYPE_CHECKING:
+    import ray.data
+
 STAGES = ("read", "noise", "write")
 IO_CPUS = 1.0  # per read or write actor: one process decoding or encoding PNG on one core
+
+
+def io_pool(model_cpus: float) -> tuple["ray.data.ActorPoolStrategy", float]:
+    """The read and write stages' pool and the CPUs each of their actors reserves: one, growing onto the CPUs
+    the model actors leave, when the cluster has two beyond theirs; otherwise (a small CPU-only cluster the
+    model actors fill) one reader and one writer that reserve none and share the model actors' cores."""
+    import ray
+
+    if ray.cluster_resources().get("CPU", 0.0) - model_cpus >= 2 * IO_CPUS:
+        return ray.data.ActorPoolStrategy(min_size=1), IO_CPUS
+    return ray.data.ActorPoolStrategy(size=1), 0.0
 
 
 @dataclass
@@ -241,20 +255,18 @@ def run_units(job: RegenJob, pending: list[int], opts: RayRegenOptions,
     if actors:
         wait_for_resources(actors * cpus, actors * gpus, f"{actors} regeneration actor(s)", opts.resource_timeout_s,
                            units=actors)
-    wait_for_resources(actors * cpus + 2 * IO_CPUS, actors * gpus, f"{actors} model actor(s), a reader and a writer",
-                       opts.resource_timeout_s)
     ray.data.DataContext.get_current().enable_progress_bars = opts.progress
     job = dataclasses.replace(job, device="cuda" if gpus > 0 else "cpu")
-    io_pool = ray.data.ActorPoolStrategy(min_size=1)  # grows onto the CPUs the model actors leave
+    pool, io_cpus = io_pool(actors * cpus)
     out = (ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
-           .map_batches(ReadStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
-                        num_cpus=IO_CPUS))
+           .map_batches(ReadStage, fn_constructor_kwargs={"job": job}, compute=pool, batch_size=1,
+                        num_cpus=io_cpus))
     if actors:
         out = out.map_batches(NoiseStage, fn_constructor_kwargs={"job": job, "threads": max(1, int(cpus))},
                               compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
                               batch_size=1, num_cpus=cpus, num_gpus=gpus if gpus > 0 else None)
-    out = out.map_batches(WriteStage, fn_constructor_kwargs={"job": job}, compute=io_pool, batch_size=1,
-                          num_cpus=IO_CPUS)
+    out = out.map_batches(WriteStage, fn_constructor_kwargs={"job": job}, compute=pool, batch_size=1,
+                          num_cpus=io_cpus)
     ledger, units = Ledger(open_location(job.staging_uri, job.storage)), _Units()
     stats.started = time.time()
     rows = iter(out.iter_rows())
