@@ -20,7 +20,8 @@ from ..data.records import BadRecord, BadRecordPolicy
 from ..data.sources import PLAN_KINDS
 from ..data.storage import DataError, Location, StorageOptions
 from ..data.unique import hashes_from_text, refuse_repeated_ids
-from ..stages.regenerate import Ledger, RegenJob
+from ..stages.regenerate import Ledger
+from ..stages.units import RegenJob
 
 
 def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",

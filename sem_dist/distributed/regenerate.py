@@ -27,16 +27,19 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from ..data.canonical import ShardInfo
+from ..data.canonical import ShardInfo, write_shard
 from ..data.records import BadRecord, BadRecordPolicy, Chunk
 from ..data.storage import DataError, open_location
-from ..pipeline import NoiseStats
-from ..stages.regenerate import (Ledger, RegenJob, UnitInput, UnitResult, shard_id_hash, solve_noise,
-                                 write_part)
+from ..stages.units import RegenJob, UnitInput, shard_id_hash
 from .resources import DEFAULT_RESOURCE_TIMEOUT_S
+
+# torch is imported only where the model runs (NoiseStage) and in the driver: the read and write actors
+# import this module without it
 
 if TYPE_CHECKING:
     import ray.data
+
+    from ..stages.regenerate import UnitResult
 
 STAGES = ("read", "noise", "write")
 IO_CPUS = 1.0  # per read or write actor: one process decoding or encoding PNG on one core
@@ -72,8 +75,8 @@ def _row(unit: int, part: int, name: str = "", chunk: Chunk | None = None, **mor
     row = {"unit": unit, "part": part, "parts": -1, "name": name, "ids": json.dumps(ids),
            "shape": json.dumps(shape), "images": chunk.images.tobytes() if chunk is not None else b"",
            "labels": chunk.labels.astype(np.int64).tobytes() if chunk is not None else b"",
-           "skipped": "[]", "error": "", "bad_record": False, "read": [0.0, 0.0], "noise_at": [0.0, 0.0],
-           "actor_ready": 0.0, **more}
+           "skipped": "[]", "error": "", "bad_record": False, "read": [0.0, 0.0], "noise": b"", "noise_stats": "{}",
+           "noise_at": [0.0, 0.0], "actor_ready": 0.0, **more}
     return {k: [v] for k, v in row.items()}
 
 
@@ -108,7 +111,8 @@ class ReadStage:
 
 class NoiseStage:
     """The model stage: one actor per copy of the frozen method, loaded once in ``__init__``; a shard's rows in,
-    the same row with its int8 noise out. No storage is touched here."""
+    the same row with its images protected (and its int8 noise for ``--keep-noise``) out. No storage is
+    touched here."""
 
     def __init__(self, job: RegenJob, threads: int):
         import torch
@@ -118,19 +122,26 @@ class NoiseStage:
         from ..stages.fit import read_checkpoint
 
         torch.set_num_threads(threads)  # Ray's default for an actor is 1 thread, whatever its CPUs
-        self.device = resolve_device(job.device)
+        self.job, self.device = job, resolve_device(job.device)
         state, _ = read_checkpoint(job.method_uri, job.storage)
         self.method = method_from_state(state, self.device)
         self.ready = time.time()  # the pool's start-up ends when its first actor gets here
 
     def __call__(self, batch: dict) -> dict:
+        from ..stages.regenerate import protected, solve_noise
+
         row, t0 = _one(batch), time.time()
-        noise = solve_noise(self.method, _chunk(row), self.device).tobytes() if row["part"] >= 0 else b""
-        return {**batch, "noise": [noise], "noise_at": [[t0, time.time()]], "actor_ready": [self.ready]}
+        if row["part"] < 0:
+            return {**batch, "noise_at": [[t0, time.time()]], "actor_ready": [self.ready]}
+        chunk = _chunk(row)
+        images, stored, stats = protected(chunk, solve_noise(self.method, chunk, self.device), self.job.keep_noise)
+        return {**batch, "images": [images.tobytes()], "noise": [b"" if stored is None else stored.tobytes()],
+                "noise_stats": [json.dumps(dataclasses.asdict(stats))], "noise_at": [[t0, time.time()]],
+                "actor_ready": [self.ready]}
 
 
 class WriteStage:
-    """CPU stage: the protected shard (or, converting, the shard as read) encoded and written at its final
+    """CPU stage: the protected shard (or, converting, the shard as read) PNG-encoded and written at its final
     key; only a small row goes on."""
 
     def __init__(self, job: RegenJob):
@@ -138,18 +149,17 @@ class WriteStage:
 
     def __call__(self, batch: dict) -> dict:
         row, t0 = _one(batch), time.time()
-        done = {"info": "", "noise_stats": "", "id_hash": ""}
+        done = {"info": "", "id_hash": ""}
         if row["part"] >= 0:
             chunk = _chunk(row)
-            noise = np.frombuffer(row["noise"], np.int8).reshape(chunk.images.shape) if "noise" in row else None
+            noise = np.frombuffer(row["noise"], np.int8).reshape(chunk.images.shape) if row["noise"] else None
             try:
-                info, stats = write_part(self.out, str(row["name"]), chunk, noise, self.job.keep_noise)
-                done = {"info": json.dumps(dataclasses.asdict(info)),
-                        "noise_stats": json.dumps(dataclasses.asdict(stats)),
-                        "id_hash": shard_id_hash(self.job, chunk) or ""}
+                info = write_shard(self.out, str(row["name"]), chunk.ids, chunk.images, chunk.labels, noise)
+                done = {"info": json.dumps(dataclasses.asdict(info)), "id_hash": shard_id_hash(self.job, chunk) or ""}
             except DataError as exc:
                 row["error"] = str(exc)
-        keep = ("unit", "part", "parts", "skipped", "error", "bad_record", "read", "noise_at", "actor_ready")
+        keep = ("unit", "part", "parts", "skipped", "error", "bad_record", "read", "noise_stats", "noise_at",
+                "actor_ready")
         return {**{k: [row[k]] for k in keep}, **{k: [v] for k, v in done.items()},
                 "write_at": [[t0, time.time()]]}
 
@@ -214,7 +224,10 @@ class _Units:
         self.rows: dict[int, dict[int, dict]] = {}
         self.ends: dict[int, dict] = {}
 
-    def add(self, row: dict) -> UnitResult | None:
+    def add(self, row: dict) -> "UnitResult | None":
+        from ..pipeline import NoiseStats
+        from ..stages.regenerate import UnitResult
+
         unit = int(row["unit"])
         if row["error"]:
             raise (BadRecord if row["bad_record"] else DataError)(row["error"])
@@ -237,12 +250,13 @@ class _Units:
 
 
 def run_units(job: RegenJob, pending: list[int], opts: RayRegenOptions,
-              stats: RayRegenStats | None = None) -> Iterator[UnitResult]:
+              stats: RayRegenStats | None = None) -> Iterator["UnitResult"]:
     """Run the ``pending`` units through the stages (read → noise → write; read → write for a conversion,
     ``job.method_uri`` empty); yields each unit's result, its ledger entry written, once all its shards are."""
     import ray
     import ray.data
 
+    from ..stages.regenerate import Ledger
     from .cluster import connect
     from .resources import wait_for_resources
 
