@@ -20,6 +20,7 @@ INNER_KINDS = ("random", "adversarial", "none")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 COMPILE_MODES = ("auto", "on", "off")
 GRAPH_MODES = ("auto", "on", "off")
+AMP_MODES = ("auto", "on", "off")
 PASS_CHUNK_MODES = ("auto", "off")  # or a number of rows
 TRANSFORMS = ("auto", "crop_flip", "resized_crop_flip", "none")
 
@@ -38,6 +39,16 @@ def parse_fraction(value: Any) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise ValueError(f"not a number or fraction: {value!r} (write e.g. 8/255 or 0.0314)")
+
+
+def parse_amp(value: Any) -> str:
+    """``auto``, ``on`` or ``off``; YAML's and the Python API's booleans mean ``on`` / ``off``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text not in AMP_MODES:
+        raise ValueError(f"trainer.amp={value!r}: choose one of {', '.join(AMP_MODES)}")
+    return text
 
 
 def parse_pass_chunk(value: Any) -> str | int:
@@ -98,7 +109,7 @@ class Trainer:
     model_adv: bool = True  # δ^a in θ's update (Eq. 5); False gives REM-δu and Table 7's last rows
     arch: str = "resnet18"
     checkpoint_every: int = 500
-    amp: bool = False  # bf16 autocast on every pass (where the device has bf16); off for exact CPU results
+    amp: str = "auto"  # auto | on | off: bf16 autocast on every pass (auto: on CPUs with bf16 hardware)
     memory_format: str = "auto"  # auto | channels_last | contiguous (auto: channels_last, measured faster)
     compile: str = "auto"  # auto | on | off: torch.compile (auto: on for long runs of models it speeds up)
     pass_chunk: str | int = "auto"  # auto | off | N: rows per chunk of an input-gradient pass (auto: by device)
@@ -147,6 +158,7 @@ class ProtectConfig:
             if v not in choices:
                 raise ValueError(f"{name}={v!r}: choose one of {', '.join(choices)}")
         self.trainer.pass_chunk = parse_pass_chunk(self.trainer.pass_chunk)
+        self.trainer.amp = parse_amp(self.trainer.amp)
         if self.trainer.steps < 0:
             raise ValueError(f"trainer.steps={self.trainer.steps} must be >= 0")
         return self

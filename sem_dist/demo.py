@@ -233,6 +233,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     from .analysis.figures import plot_victim_curves
     from .data import load_dataset
     from .data.convert import convert
+    from .device import cpu_summary
     from .distributed.storage import check_cluster_visible
     from .progress import bar
     from .report import per_class_indices, save_protection_grid
@@ -320,20 +321,3 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     }
     write_report(record, out)
     return record
-
-
-def cpu_summary() -> dict:
-    """The CPU and the kernel set torch uses on it: figures move with both (docs/evidence.md)."""
-    import platform
-
-    import torch
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}}

@@ -3,12 +3,15 @@ code that runs on CPU. The layout and compile rules are measured choices (number
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import platform
 import warnings
 from typing import Callable
 
 import torch
 
-from .config import COMPILE_MODES, GRAPH_MODES, MEMORY_FORMATS, parse_pass_chunk
+from .config import COMPILE_MODES, GRAPH_MODES, MEMORY_FORMATS, parse_amp, parse_pass_chunk
 
 # torch.compile makes the CIFAR ResNet-18's input-gradient pass 1.68× faster on a 2-core CPU after ≈ 50 s
 # of compilation per graph, and small_cnn's 0.66× as fast (measured for issue #13). Algorithm 1 compiles
@@ -45,6 +48,53 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if device.type == "cpu" else None
+
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which bf16 convolutions and matmuls still run in hardware; any other
+# cap (AVX2, what the AVX2 kernel set of the Makefile sets) makes bf16 an emulation slower than fp32
+ONEDNN_BF16_ISAS = frozenset({"ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                              "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16"})
+
+
+@functools.cache
+def cpu_bf16_kernels() -> bool:
+    """Whether this process's CPU kernels compute in bf16 in hardware: the CPU has AMX tiles or avx512_bf16,
+    and neither ATen's capability (ATEN_CPU_CAPABILITY) nor oneDNN's ISA (ONEDNN_MAX_CPU_ISA) is capped below
+    them, as they are where an AVX2 machine's kernels are emulated."""
+    cpu = torch.cpu
+    if not (cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported()):
+        return False
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
+    return cap in ONEDNN_BF16_ISAS
+
+
+def resolve_amp(setting: str | bool, device: torch.device) -> bool:
+    """``trainer.amp`` on ``device``: ``on`` wherever the device has bf16 (:func:`amp_dtype`), ``off`` never,
+    ``auto`` on a CPU whose kernels compute bf16 in hardware (:func:`cpu_bf16_kernels`). There a SEM step ran
+    1.5–2.2× faster than fp32, with victims' accuracy on its noise within the seed spread of fp32 noise
+    (docs/performance.md). ``auto`` stays off on a GPU: on an H200 the bf16 SEM step was no faster (issue #21's
+    0.220 s against 0.210 s fp32), the passes there being bound by kernel launches, not arithmetic."""
+    setting = parse_amp(setting)
+    if setting == "auto":
+        return device.type == "cpu" and cpu_bf16_kernels()
+    return setting == "on" and amp_dtype(device) is not None
+
+
+def cpu_summary() -> dict:
+    """The CPU and the kernels torch uses on it (figures move with both: docs/evidence.md)."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "amx": torch.cpu._is_amx_tile_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+            "bf16_kernels": cpu_bf16_kernels(),
+            "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}}
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -109,6 +159,7 @@ def trainer_layout(trainer, device: torch.device | None = None, image_shape: tup
     if device is not None and image_shape is not None:
         out["pass_chunk"] = resolve_pass_chunk(trainer.pass_chunk, device, image_shape) or "off"
         out["graphs"] = graph_mode(trainer.graphs, device)
+        out["amp"] = resolve_amp(trainer.amp, device)
     return out
 
 

@@ -362,7 +362,7 @@ def protect(req: ProtectRequest) -> Manifest:
 
     protection = {
         "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed, "rng": {"scheme": RNG_SCHEME},
-        "layout": {**trainer_layout(cfg.trainer, device, inp.info.shape), "amp": cfg.trainer.amp},
+        "layout": trainer_layout(cfg.trainer, device, inp.info.shape),
         "workers": engine.workers, "gpus_per_worker": engine.gpus_per_worker, "device": str(device),
         "train_workers": int(metrics.get("workers", 1)), "train_feed": metrics.get("feed"),
         "train_steps_per_s": metrics.get("steps_per_s"),

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sem_dist.config import resolve_config
-from sem_dist.device import (CPU_CHUNK_PIXELS, MIN_CHUNK_ROWS, prepare_model, resolve_compile, resolve_pass_chunk,
-                             trainer_layout)
+from sem_dist.device import (CPU_CHUNK_PIXELS, MIN_CHUNK_ROWS, prepare_model, resolve_amp, resolve_compile,
+                             resolve_pass_chunk, trainer_layout)
 from sem_dist.models import build_model
 from sem_dist.perturb.generator import GeneratorTraining
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
@@ -110,6 +110,16 @@ def test_a_chunked_algorithm_1_step_trains_theta_as_the_whole_pass_does():
         r.run_step(x, y)
     for a, b in zip(*(r.model.state_dict().values() for r in runs)):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+
+
+def test_amp_setting_takes_auto_on_off_and_booleans_and_names_a_bad_value():
+    t = resolve_config("sem", 32).trainer
+    assert t.amp == "auto" and trainer_layout(t, CPU, (3, 32, 32))["amp"] == resolve_amp("auto", CPU)
+    assert resolve_config("sem", 32, overrides={"trainer.amp": True}).trainer.amp == "on"  # YAML's `amp: true`
+    assert resolve_config("sem", 32, overrides={"trainer.amp": "OFF"}).trainer.amp == "off"
+    assert not resolve_amp("auto", torch.device("cuda"))  # measured no faster on an H200 (device.resolve_amp)
+    with pytest.raises(ValueError, match="trainer.amp='fp16'"):
+        resolve_config("sem", 32, overrides={"trainer.amp": "fp16"})
 
 
 def test_pass_chunk_resolves_by_the_documented_rule_and_bad_values_are_named():

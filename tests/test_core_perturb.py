@@ -118,7 +118,9 @@ def test_noise_within_budget_and_pixels_valid_after_every_step(method):
 
 @pytest.mark.parametrize("method", ["sem", "rem"])
 def test_batched_gradient_equals_looped_average_over_j(method):
-    cfg, model, x, y, spec = _setup(method, n=4, **{"solver.samples": 3, "attack.steps": 2})
+    # an fp32 identity: bf16 passes over 12 rows and over 4 round differently (trainer.amp auto picks bf16 on CPUs
+    # with bf16 hardware)
+    cfg, model, x, y, spec = _setup(method, n=4, **{"solver.samples": 3, "attack.steps": 2, "trainer.amp": "off"})
     j = spec.samples
     delta = uniform_ball(_stream(len(x), 9), RHO, *x.shape[1:])
 

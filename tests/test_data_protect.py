@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sem_dist.data import load_dataset, save_dataset
+from sem_dist.device import cpu_bf16_kernels
 from sem_dist.rng import RNG_SCHEME
 
 # CPU-test scale: a handful of generator steps on a small CNN (the paper's settings are for GPUs)
@@ -51,9 +52,10 @@ def test_protect_round_trip_and_manifest(tmp_path, cli, small_data):
     assert p["config"]["budget"]["rho_a"] == pytest.approx(2 / 255) and p["config"]["trainer"]["arch"] == "small_cnn"
     assert p["workers"] == 1 and p["train_workers"] == 1 and p["gpus_per_worker"] == 0
     assert p["rng"] == {"scheme": RNG_SCHEME}
-    # 2 steps: no compile; a CPU runs input-gradient passes as chunks of 128 images at 32×32, without CUDA graphs
+    # 2 steps: no compile; a CPU runs input-gradient passes as chunks of 128 images at 32×32, without CUDA graphs,
+    # and in bf16 where its kernels compute bf16 in hardware (amp auto)
     assert p["layout"] == {"memory_format": "channels_last", "compile": False, "pass_chunk": 128, "graphs": "off",
-                           "amp": False}
+                           "amp": cpu_bf16_kernels()}
     assert p["noise"]["linf_levels"] == np.abs(got.noise.astype(int)).max()
     assert p["noise"]["mean_abs_levels"] == pytest.approx(np.abs(got.noise.astype(int)).mean())
     assert set(p["timings"]) >= {"fit_s", "regenerate_s", "total_s"}

@@ -20,8 +20,9 @@ from sem_dist.pipeline import protect_arrays
 from sem_dist.victims.train import VictimConfig, train_victim
 
 # Every test here asserts on trained victims or generators. Thresholds are set from `python tests/spread.py
-# digits_victims` (seeds 0, 1, 2 × this CPU's kernels and the AVX2 set, AMD EPYC with AVX-512, 2026-12-04);
-# the measured range of each quantity is written beside its assertion.
+# digits_victims` (seeds 0, 1, 2 × this CPU's kernels in fp32, the same in bf16 — `trainer.amp: auto` on a CPU with
+# avx512_bf16 or AMX — and the AVX2 set; AMD EPYC with AVX-512 and avx512_bf16, 2026-12-04); the measured range
+# of each quantity over those 9 runs is written beside its assertion.
 pytestmark = pytest.mark.trained
 
 CPU = torch.device("cpu")
@@ -47,12 +48,12 @@ def clean_acc(digits):
 
 
 def test_clean_victim_learns_digits(clean_acc):
-    assert clean_acc >= 0.88  # measured 0.911–0.939
+    assert clean_acc >= 0.88  # measured 0.911–0.939 (victims train in fp32 whatever the generator's precision)
 
 
 def test_sem_protection_defeats_standard_training(digits, sem, clean_acc):
     assert np.abs(sem.noise).max() <= 16
-    assert train_victim(VICTIM, sem, digits[1], CPU).test_acc < clean_acc - 0.3  # clean − SEM measured 0.53–0.72
+    assert train_victim(VICTIM, sem, digits[1], CPU).test_acc < clean_acc - 0.3  # clean − SEM measured 0.38–0.72
 
 
 def test_adversarial_training_at_rho_u_recovers_em(digits, em, clean_acc):
@@ -61,10 +62,10 @@ def test_adversarial_training_at_rho_u_recovers_em(digits, em, clean_acc):
     # Madry training at ρ_a = ρ_u; 2 PGD steps of ρ_a/2 reach the ball's surface and keep the test affordable
     robust = train_victim(dataclasses.replace(VICTIM, adv_rho=16 / 255, adv_steps=2, adv_alpha_div=2.0),
                           data, digits[1], CPU).test_acc
-    # EM's standard victim alone moves a lot (0.24–0.47 over seeds and kernels): compare it with clean data
-    # under the same seed, which moves much less (clean − EM measured 0.45–0.67)
-    assert standard < clean_acc - 0.3
-    assert robust > 0.85 and robust > standard + 0.3  # robust measured 0.903–0.928; robust − standard 0.44–0.67
+    # EM's standard victim alone moves a lot (0.14–0.66 over seeds, kernels and precisions): compare it with clean
+    # data under the same seed (clean − EM measured 0.25–0.79; fp32 alone 0.45–0.67, bf16 seed 0 the 0.25)
+    assert standard < clean_acc - 0.2
+    assert robust > 0.85 and robust > standard + 0.2  # robust measured 0.903–0.931; robust − standard 0.27–0.78
 
 
 def test_error_minimizing_noise_is_easy_to_fit(em):

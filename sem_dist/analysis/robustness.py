@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
+from ..device import resolve_amp
 from ..perturb.generator import StepSampler, step_seed
 from ..perturb.noise import NoiseSpec, solve_noise
 from ..perturb.pgd import frozen, pgd
@@ -74,7 +75,7 @@ def surrogate_robustness(model: nn.Module, clean: ArrayDataset, cfg: ProtectConf
             delta_u = solve_noise(model, x, y, spec, stream)  # lines 4–12: min over δ^u of E_t max δ^a
             xt = spec.transform.sample(x + delta_u, stream)  # line 13
             xa = xt + pgd(model, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,  # line 14
-                          stream=stream if cfg.attack.random_start else None, amp=cfg.trainer.amp)
+                          stream=stream if cfg.attack.random_start else None, amp=spec.amp_on(xt))
             with torch.no_grad():
                 total += float(F.cross_entropy(model(xa), y))  # line 15
             if progress is not None:
@@ -94,7 +95,7 @@ def noise_robustness(protected: ArrayDataset, cfg: ProtectConfig, device: torch.
     victim = VictimConfig(arch=t.arch, steps=m, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
                           weight_decay=t.weight_decay, adv_rho=cfg.budget.rho_a, adv_steps=cfg.attack.steps,
                           adv_alpha_div=cfg.attack.alpha_div, transform=cfg.solver.transform, seed=seed,
-                          eval_every=m, amp=t.amp)  # eval_every=M: no learning curve, one point at the end
+                          eval_every=m, amp=resolve_amp(t.amp, device))  # eval_every=M: no learning curve, one point at the end
     result = train_victim(victim, protected, None, device,
                           None if progress is None else (lambda stats: progress(stats["step"])))
     return -result.mean_loss

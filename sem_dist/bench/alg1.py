@@ -2,6 +2,8 @@
 interleaved in one run, against one plain input-gradient pass and one training pass at the same batch
 size and in the same layout the step uses; and where a SEM step's time goes.
 
+amp_speedup: the SEM step in fp32 over the same step under bf16 autocast, both timed in the run (``trainer.amp``
+``auto`` picks bf16 on CPUs with AMX or avx512_bf16: ``amp`` in ``layout`` says which the other figures used).
 rem_over_sem: REM time / SEM time (paper: 3.91×; pass counting: (10·5·11+11)/(10·5+11) = 9.2×).
 efficiency_sem: ((K_u·J + K_a)·t_input_grad + t_train) / t_sem_step (1 = no overhead beyond the passes), the
 plain input-gradient pass over B images run as the step runs its passes (layout, compilation, chunks);
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import resolve_config
-from ..device import resolve_device, trainer_layout
+from ..device import cpu_summary, resolve_amp, resolve_device, trainer_layout
 from ..perturb.generator import GeneratorTraining
 from ..perturb.pgd import frozen, input_gradient
 from .profile import StepProfile, instrument
@@ -46,7 +48,9 @@ def add_arguments(group) -> None:
     group.add_argument("--pass-chunk", default="auto",
                        help="rows per chunk of an input-gradient pass: auto (default; CPU: 128 rows at 32×32, "
                             "GPU: whole), off, or a number")
-    group.add_argument("--amp", action="store_true", help="bf16 autocast on every pass")
+    group.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                       help="bf16 autocast on every pass (default auto: on CPUs with AMX or avx512_bf16); the SEM "
+                            "step is timed in the other precision too, for amp_speedup")
     group.add_argument("--baseline-layout", action="store_true",
                        help="also time SEM with a contiguous, uncompiled model: reports speedup_vs_contiguous")
     group.add_argument("--clock", default="wall", choices=["wall", "cpu"],
@@ -71,9 +75,9 @@ def _timed(device: torch.device, fn, clock: Callable[[], float] = time.perf_coun
     return clock() - t0
 
 
-def _input_grad_pass(model, x, y, chunk: int | None) -> None:
+def _input_grad_pass(model, x, y, chunk: int | None, amp: bool) -> None:
     with frozen(model):
-        input_gradient(model, x, y, chunk=chunk)
+        input_gradient(model, x, y, amp, chunk)
 
 
 def _train_pass(model, opt, x, y) -> None:
@@ -133,7 +137,7 @@ def profiled_steps(training: GeneratorTraining, x, y, steps: int,
 
 def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
         image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
-        pass_chunk: str = "auto", amp: bool = False, baseline_layout: bool = False, reps: int | None = None,
+        pass_chunk: str = "auto", amp: str = "auto", baseline_layout: bool = False, reps: int | None = None,
         no_rem: bool = False, ku: int | None = None, ka: int | None = None, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     tick = time.process_time if clock == "cpu" else time.perf_counter
@@ -143,8 +147,12 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     common = {"trainer.arch": arch, "trainer.batch_size": batch, "trainer.steps": 10 ** 6, "trainer.amp": amp,
               "trainer.memory_format": memory_format, "trainer.compile": compile, "trainer.pass_chunk": pass_chunk,
               **({"solver.steps": ku} if ku else {}), **({"attack.steps": ka} if ka else {})}
-    variants = {"sem": ("sem", common), **({} if no_rem else {"rem": ("rem", common)})}
-    baseline = {**common, "trainer.memory_format": "contiguous", "trainer.compile": "off", "trainer.pass_chunk": "off"}
+    bf16 = resolve_amp(amp, dev)
+    other = {**common, "trainer.amp": "off" if bf16 else "on"}  # the SEM step in the other precision
+    variants = {"sem": ("sem", common), "sem_other_precision": ("sem", other),
+                **({} if no_rem else {"rem": ("rem", common)})}
+    baseline = {**common, "trainer.amp": "off", "trainer.memory_format": "contiguous", "trainer.compile": "off",
+                "trainer.pass_chunk": "off"}
     if baseline_layout:
         variants["sem_contiguous"] = ("sem", baseline)
     runs = {k: GeneratorTraining.create(resolve_config(m, image_side, overrides=o), 10, 3, image_side, dev)
@@ -168,8 +176,8 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
                 times[k].append(_timed(dev, lambda: r.run_step(x, y), tick))
         if main is not None:
             times["main"].append(main.step())
-        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk), tick) for _ in range(5)]
-        times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None), tick) for _ in range(5)]
+        times["input_grad"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, chunk, bf16), tick) for _ in range(5)]
+        times["input_grad_whole"] += [_timed(dev, lambda: _input_grad_pass(net, x, y, None, bf16), tick) for _ in range(5)]
         times["train"] += [_timed(dev, lambda: _train_pass(net, opt, x, y), tick) for _ in range(5)]
         if verbose:
             print(f"rep {i + 1}/{reps}: " + " ".join(f"{k} {times[k][-1]:.2f}s" for k in runs), flush=True)
@@ -183,14 +191,16 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
         "bench": "alg1", "quick": quick, "arch": arch, "image": [3, image_side, image_side], "batch_size": batch,
         "device": str(dev), "reps": reps, "clock": clock,
         "K_u": cfg.solver.steps, "J": cfg.solver.samples, "K_a": cfg.attack.steps,
-        "layout": {**trainer_layout(cfg.trainer, dev, tuple(x.shape)), "amp": amp},
-        "sem_step_s": med["sem"],
+        "layout": trainer_layout(cfg.trainer, dev, tuple(x.shape)),
+        "sem_step_s": med["sem"], "sem_other_precision_step_s": med["sem_other_precision"],
+        "amp_speedup": med["sem_other_precision"] / med["sem"] if bf16 else med["sem"] / med["sem_other_precision"],
         "t_input_grad_pass_s": med["input_grad"], "t_input_grad_whole_pass_s": med["input_grad_whole"],
         "t_train_pass_s": med["train"],
         "efficiency_sem": (passes * med["input_grad"] + med["train"]) / med["sem"],
         **profile_total.result(reps), "profile_coverage": profile_total.total() / sem_total,
         "random_share": profile_total.seconds.get("random", 0.0) / sem_total,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+        **({"cpu": cpu_summary()} if dev.type == "cpu" else {}),
     }
     if not no_rem:
         out["rem_step_s"], out["rem_over_sem"] = med["rem"], med["rem"] / med["sem"]

@@ -127,7 +127,8 @@ def decompose(cells: dict, generator_seeds, victim_seeds) -> dict:
 
 def run(quick: bool = False, verbose: bool = True, *, generator_seeds: str = "0,1,2", victim_seeds: str = "0,1,2",
         kernels: str = "native,avx2", one_kernel_set: str | None = None) -> dict:
-    from ..demo import DemoSettings, cpu_summary
+    from ..demo import DemoSettings
+    from ..device import cpu_summary
 
     settings = DemoSettings(steps=20, victim_epochs=2) if quick else DemoSettings()
     gs, vs = (_ints("0,1"), _ints("0,1")) if quick else (_ints(generator_seeds), _ints(victim_seeds))

@@ -65,8 +65,9 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("execution (see docs/data-plane.md)")
     g.add_argument("--device", default="auto",
                    help="in-process stages: auto (CUDA when available), cpu or cuda[:N]")
-    g.add_argument("--amp", action="store_const", const=True,
-                   help="bf16 autocast on every forward/backward pass (losses and gradient signs stay fp32)")
+    g.add_argument("--amp", nargs="?", const="on", choices=["auto", "on", "off"],
+                   help="bf16 autocast on every forward/backward pass, losses and gradient signs in fp32 (default "
+                        "auto: on CPUs with AMX or avx512_bf16, 1.5-2.2x faster per step; --amp alone = on)")
     g.add_argument("--compile", choices=["auto", "on", "off"],
                    help="torch.compile the model (default auto: on for runs of >= 500 steps of models it speeds up)")
     g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],

@@ -93,7 +93,7 @@ def adversarial_inputs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Pr
         xt = spec.transform.sample(x + delta_u, stream)
         if cfg.trainer.model_adv:
             xt = xt + pgd(net, xt, y, cfg.budget.rho_a, cfg.alpha_a, cfg.attack.steps,
-                          stream=stream if cfg.attack.random_start else None, amp=spec.amp,
+                          stream=stream if cfg.attack.random_start else None, amp=spec.amp_on(xt),
                           chunk=spec.chunk_rows(xt))
     return xt
 
@@ -136,7 +136,7 @@ class GeneratorTraining:
     def _theta_update(self, xt: torch.Tensor, y: torch.Tensor, *, lr: float, loss_scale: float):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        return theta_update(self.model, self.optimizer, xt, y, self.spec.amp, loss_scale)
+        return theta_update(self.model, self.optimizer, xt, y, self.spec.amp_on(xt), loss_scale)
 
     @classmethod
     def create(cls, cfg: ProtectConfig, num_classes: int, in_channels: int, image_side: int,

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ProtectConfig
-from ..device import CapturedCall, resolve_pass_chunk
+from ..device import CapturedCall, resolve_amp, resolve_pass_chunk
 from ..rng import CounterStream, uniform_ball
 from .attacks import get_attack
 from .pgd import frozen, input_gradient, project
@@ -54,8 +54,12 @@ class NoiseSpec:
     attack_steps: int  # K_a
     attack: Callable  # inner maximiser for ``adversarial`` (Table 14)
     transform: Transform
-    amp: bool = False
+    amp: str | bool = "auto"  # trainer.amp, resolved per device (amp_on)
     pass_chunk: str | int = "auto"  # trainer.pass_chunk, resolved per device and image size (chunk_rows)
+
+    def amp_on(self, x: torch.Tensor) -> bool:
+        """Whether the passes over tensors like ``x`` run under bf16 autocast."""
+        return resolve_amp(self.amp, x.device)
 
     def chunk_rows(self, x: torch.Tensor) -> int | None:
         """Rows per chunk of an input-gradient pass over images like ``x`` (``None``: one pass)."""
@@ -77,7 +81,7 @@ def inner_perturbation(model: nn.Module, xt: torch.Tensor, y_rep: torch.Tensor, 
         return uniform_ball(stream, spec.rho_r, *xt.shape[1:]).to(xt.dtype)
     if spec.inner == "adversarial":
         return spec.attack(model, xt, y_rep, spec.rho_a, spec.alpha_a, spec.attack_steps, stream=stream,
-                           amp=spec.amp)
+                           amp=spec.amp_on(xt))
     if spec.inner == "none":
         return None
     raise ValueError(f"unknown inner perturbation {spec.inner!r}")
@@ -95,7 +99,7 @@ def noise_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: to
     delta_j = inner_perturbation(model, xt.detach(), y_rep, spec, rows)
     # δ_j is a constant; the gradient reaches δ^u through the clamp and t_j
     inputs = xt if delta_j is None else (xt + delta_j).clamp_(0.0, 1.0)
-    g_inputs = input_gradient(model, inputs, y_rep, spec.amp, spec.chunk_rows(inputs), scale=1.0 / j)
+    g_inputs = input_gradient(model, inputs, y_rep, spec.amp_on(inputs), spec.chunk_rows(inputs), scale=1.0 / j)
     (grad,) = torch.autograd.grad(inputs, delta, grad_outputs=g_inputs)
     return grad
 

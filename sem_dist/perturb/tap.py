@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import prepare_model
+from ..device import prepare_model, resolve_amp
 from ..models import build_model
 from ..rng import CounterStream
 from ..victims.train import VictimConfig, train_victim
@@ -96,7 +96,8 @@ class TargetedAdversarialPoisoning(NoiseMethod):
     def train_source(self, data, progress=None) -> torch.nn.Module:
         t = self.cfg.trainer
         vcfg = VictimConfig(arch=t.arch, steps=t.steps, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                            weight_decay=t.weight_decay, seed=self.cfg.seed, amp=t.amp)
+                            weight_decay=t.weight_decay, seed=self.cfg.seed,
+                            amp=resolve_amp(t.amp, self.device))
         source = _LabelledSource(data, self.num_classes, self.in_channels, self.image_side)
 
         def report(point: dict) -> None:  # forward the learning-curve points in the generator's format
@@ -120,7 +121,8 @@ class TargetedAdversarialPoisoning(NoiseMethod):
         with frozen(self.model):
             # descending the loss of the target labels is the targeted attack
             return pgd(self.model, x, tap_targets(y, self.num_classes), self.cfg.budget.rho_u, self.cfg.alpha_u,
-                       self.cfg.solver.steps, maximize=False, stream=stream, amp=self.cfg.trainer.amp)
+                       self.cfg.solver.steps, maximize=False, stream=stream,
+                       amp=resolve_amp(self.cfg.trainer.amp, x.device))
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict()}
