@@ -54,13 +54,14 @@ class DemoSettings:
     victim_adv_steps: int = 3  # PGD steps of adversarial training, step ρ_a/2 from a random start
     per_class: int = 2  # samples per class in the Figure-4 grid
     device: str = "auto"  # the tasks' device: auto takes a GPU per task where the Ray cluster has GPUs
+    amp: str = "auto"  # the generators' precision (trainer.amp): auto = bf16 on CPUs with AMX or avx512_bf16
     shared_fs: bool = False  # every node of a multi-node Ray mounts ``out`` (the cells pass datasets by path)
 
     def generator_overrides(self, method: str, seed: int) -> dict:
         o = {"trainer.arch": self.arch, "trainer.steps": self.steps, "trainer.batch_size": self.batch_size,
              # M is far below the paper's first decay at step 2000: constant lr 0.1 (as docs/evidence.md)
              "trainer.lr_step": 10 ** 9, "solver.steps": self.solver_steps, "solver.samples": self.samples,
-             "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "seed": seed}
+             "attack.steps": self.attack_steps, "budget.rho_u": self.rho_u, "trainer.amp": self.amp, "seed": seed}
         if method != "em":  # EM (min-min) has no adversary, so no ρ_a to set
             o["budget.rho_a"] = self.rho_a
         return o

@@ -43,6 +43,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=d.device,
                    help="the tasks' device: auto (a GPU per task where the Ray cluster has GPUs), cpu or cuda "
                         "(default: %(default)s)")
+    p.add_argument("--amp", default=d.amp, choices=["auto", "on", "off"],
+                   help="the generators' bf16 autocast (default: %(default)s = on for CPUs with AMX or avx512_bf16, "
+                        "where the table moves within its seed spread; off reproduces fp32 runs)")
     p.add_argument("--shared-fs", action="store_true",
                    help="--out is a file system every node of the Ray cluster mounts (NFS, EFS); without it a "
                         "multi-node Ray is refused, since the tasks pass datasets by path under --out")
@@ -73,7 +76,7 @@ def run(args) -> int:
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise ValueError(f"--device {args.device!r}: choose auto, cpu or cuda")
     settings = DemoSettings(out=args.out, methods=methods, seeds=seeds, steps=args.steps, rho_u=args.rho_u,
-                            rho_a=args.rho_a, victim_epochs=args.epochs, device=args.device,
+                            rho_a=args.rho_a, victim_epochs=args.epochs, device=args.device, amp=args.amp,
                             shared_fs=args.shared_fs)
     record = run_demo(settings, say=lambda line: print(line, flush=True))
     table = accuracy_table(record)
