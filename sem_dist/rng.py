@@ -80,6 +80,13 @@ def sample_key(seed: int, sample_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def step_seed(seed: int, step: int, purpose: str = "alg1") -> int:
+    """A 63-bit seed for one step (or epoch) of a seeded loop, by ``purpose``: stable across processes and
+    machines, so any step's draws can be recomputed from (seed, step) alone."""
+    digest = hashlib.blake2b(f"{purpose}\x00{seed}\x00{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 def row_keys(base_key: int, rows: torch.Tensor) -> torch.Tensor:
     """Keys for rows ``rows`` (global indices) of a batch keyed ``base_key``: mix(base + (row + 1)·G)."""
     z = rows.to(torch.int64) + 1

@@ -215,6 +215,19 @@ def test_bad_space_files_fail_with_one_line_before_any_trial(cli, data_uris, tmp
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
 
 
+def test_multi_worker_trials_over_a_large_split_are_refused(cli, data_uris, tmp_path, monkeypatch):
+    """A --workers N trial hands its copy of --data to its Train workers as one object: above the data plane's
+    threshold (lowered here) that is refused in one line, from the manifests alone, before any trial."""
+    monkeypatch.setenv("SEM_DIST_STREAM_MIN_BYTES", "1000")
+    train, test = data_uris
+    code, _, err = cli("tune", "--data", train, "--test", test, "--space", space_file(tmp_path), "--workers", "2",
+                       "--storage", tmp_path / "runs")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("sem-dist tune: error: tune --workers 2: "), err
+    assert "in Ray's object store as one object" in lines[0] and "--workers 1 or --quick" in lines[0], err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_gpu_trials_on_a_gpu_less_machine_fail_at_once(ray_cluster, cli, data_uris, tmp_path):
     """--gpus-per-trial the cluster cannot hold: one line before any trial, not a search stuck in Tune's queue."""
     train, test = data_uris

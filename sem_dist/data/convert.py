@@ -14,7 +14,7 @@ from .canonical import MANIFEST, DatasetWriter, Manifest, ShardInfo, read_manife
 from .ledger import Ledger
 from .output import check_not_nested, prepare_output
 from .records import BadRecord, BadRecordPolicy, Chunk, rebatch
-from .source import Split
+from .source import Split, source_record
 from .sources import open_source, parse_spec
 from .storage import Location, StorageOptions, file_identities, open_location
 
@@ -41,14 +41,6 @@ def shards_of(sp: Split, policy: BadRecordPolicy, shard_rows: int | None) -> Ite
         else:
             shard_rows = default_shard_rows(*first.images.shape[1:])
     return rebatch(itertools.chain([first], records), shard_rows)
-
-
-def source_record(sp: Split, options: dict[str, str]) -> dict:
-    """What the manifest says about the input: redacted URI, split, options (no credentials)."""
-    record = {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
-    if sp.resize:
-        record["resize"] = sp.resize
-    return record
 
 
 def new_manifest(sp: Split, shards: list[ShardInfo], shape: tuple[int, int, int], source: dict,

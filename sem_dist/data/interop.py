@@ -29,9 +29,10 @@ from ..perturb.regenerate import apply_noise, max_level
 from .arrays import ArrayDataset
 from .canonical import DatasetWriter, Manifest
 from .cifar import restricted_unpickle
-from .convert import default_shard_rows, new_manifest, source_record
+from .convert import default_shard_rows, new_manifest
 from .output import check_not_nested, prepare_output
 from .records import BadRecordPolicy, Chunk, rebatch
+from .source import source_record
 from .sources import load_dataset, open_split, parse_spec
 from .storage import DataError, Location, StorageOptions, open_location
 

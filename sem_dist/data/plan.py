@@ -20,7 +20,7 @@ import numpy as np
 from .info import DatasetInfo
 from .images import CHANNEL_MODES, BadImage, check_size, decode_image
 from .records import BadRecordPolicy, Chunk
-from .source import Split
+from .source import Split, source_record
 from .storage import DataError, Location, StorageOptions, open_location, storage_errors
 
 DECODE_ROWS = 64  # records per decode batch: small, so variable-size originals never pile up in memory
@@ -146,8 +146,6 @@ class SourcePlan:
 
     def info(self, image: ImageSpec) -> DatasetInfo:
         """What is known before reading pixels (``image`` from :meth:`image_spec`), as the manifest records it."""
-        from .convert import source_record  # convert reads plan sources: imported here, not at the top
-
         return DatasetInfo(None, image.channels, image.height, image.width, list(self.classes),
                            source_record(self.as_split(), self.options))
 

@@ -27,6 +27,14 @@ class Split:
         return checked(self.read(policy), len(self.classes), policy, self.display)
 
 
+def source_record(sp: Split, options: dict[str, str]) -> dict:
+    """What the manifest says about the input: redacted URI, split, options (no credentials)."""
+    record = {"uri": sp.display, "split": sp.name or None, "options": dict(options)}
+    if sp.resize:
+        record["resize"] = sp.resize
+    return record
+
+
 class Source(ABC):
     kind: str
     location: Location | None  # root of the source's files, for the output-inside-input check

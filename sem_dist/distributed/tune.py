@@ -30,6 +30,8 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+
+from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_bytes
 from ..data.storage import StorageOptions, refuse_credentials
 
 from .search_space import Space, load_space, parse_space, protect_config, to_ray, victim_config
@@ -278,9 +280,16 @@ def _image_side(req: SearchRequest) -> int:
     --data and --test must have the same classes."""
     from ..stages.read import open_input
 
-    train, test = (open_input(uri, req.store()).info for uri in (req.data, req.test))
+    train_input = open_input(req.data, req.store())
+    train, test = train_input.info, open_input(req.test, req.store()).info
     if train.classes != test.classes:
         raise ValueError(f"--data and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
+    size, limit = train.pixel_bytes, stream_min_bytes()
+    if req.workers > 1 and not req.quick and size is not None and size >= limit:
+        # a multi-worker trial hands its copy to its Train workers as one object (fit_method_distributed)
+        raise SplitTooLarge(f"tune --workers {req.workers}: each trial would put {train_input.split.display} "
+                            f"({mib(size)} of pixels) in Ray's object store as one object, at or above {mib(limit)} "
+                            f"(${STREAM_MIN_BYTES_ENV}); search with --workers 1 or --quick")
     return train.image_side
 
 
@@ -408,9 +417,6 @@ def run_search(req: SearchRequest) -> SearchResult:
     from .storage import check_cluster_visible, storage_for
 
     _check(req)
-    # trials, on any node, read the data and write the search's state and records
-    check_cluster_visible({"--data": req.data, "--test": req.test, "--storage": req.storage}, req.shared_fs,
-                          address=req.address)
     store = req.store()
     storage_path, fs = storage_for(req.storage, store.s3_endpoint, store.s3_profile)
     exp_path = f"{storage_path}/{req.name}"
@@ -430,7 +436,11 @@ def run_search(req: SearchRequest) -> SearchResult:
         if req.resume:
             print(f"sem-dist tune: nothing to resume at {exp_uri}; starting the search", file=sys.stderr)
     keys = [p.key for p in space.searched()]
-
+    # trials, on any node, read the data and write the search's state and records. Checked (joining Ray) after
+    # every check that needs no Ray, so a bad profile, space or split is one line, not one after Ray's start-up
+    # line; and before anything is written.
+    check_cluster_visible({"--data": req.data, "--test": req.test, "--storage": req.storage}, req.shared_fs,
+                          address=req.address)
     connect(req.address)
     _refuse_impossible_trials(req)
     settings = TrialSettings(data=req.data, test=req.test, quick=req.quick, method=req.method, device=req.device,

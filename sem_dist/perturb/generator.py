@@ -15,7 +15,6 @@ per-worker batch statistics in θ's update.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -29,16 +28,11 @@ import torch.nn.functional as F
 from ..config import ProtectConfig
 from ..device import CapturedCall, autocast, prepare_for
 from ..models import build_model, unwrap
-from ..rng import RNG_SCHEME, CounterStream, make_generator, row_keys
+from ..rng import RNG_SCHEME, CounterStream, make_generator, row_keys, step_seed
 from .noise import NoiseSpec, solve_noise
 from .pgd import frozen, pgd
 
 CHECKPOINT_NAME = "generator.pt"
-
-
-def step_seed(seed: int, step: int, purpose: str = "alg1") -> int:
-    digest = hashlib.blake2b(f"{purpose}\x00{seed}\x00{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class BatchSource(Protocol):

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..rng import make_generator
+from ..rng import make_generator, step_seed
 from .base import NoiseMethod
-from .generator import step_seed
 from .pgd import project
 
 KERNEL_DTYPE = torch.float64

@@ -22,9 +22,8 @@ import math
 
 import torch
 
-from ..rng import make_generator
+from ..rng import make_generator, step_seed
 from .base import NoiseMethod
-from .generator import step_seed
 from .pgd import project
 
 

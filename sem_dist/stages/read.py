@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.arrays import ArrayDataset
-from ..data.convert import source_record
 from ..data.info import STREAM_MIN_BYTES_ENV, DatasetInfo, SplitTooLarge, mib
 from ..data.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, concat
-from ..data.source import Split
+from ..data.source import Split, source_record
 from ..data.sources import PLAN_KINDS, open_source, parse_spec
 from ..data.storage import DataError, Location, StorageOptions
 

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from ..data.arrays import ArrayDataset
 from ..device import autocast, prepare_model
 from ..models import build_model
-from ..perturb.generator import StepSampler, step_seed
+from ..perturb.generator import StepSampler
 from ..perturb.pgd import frozen, pgd
 from ..perturb.transforms import get_transform
-from ..rng import BatchStream, make_generator
+from ..rng import BatchStream, make_generator, step_seed
 from .defenses import augmentation, parse_defenses, preprocess, ueraser_max
 from .early_stopping import EarlyStopping, holdout_validation
 from .filters import FILTERS, low_pass
