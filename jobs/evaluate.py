@@ -6,7 +6,7 @@ Takes the flags of `sem-dist evaluate` (`python jobs/evaluate.py --help`) plus -
 """
 import sys
 
-from sem_dist.distributed.jobs import main
+from sem_dist.commands._job import main
 
 if __name__ == "__main__":
     sys.exit(main("evaluate"))

@@ -6,7 +6,7 @@ Takes the flags of `sem-dist protect` (`python jobs/protect.py --help`) plus --c
 """
 import sys
 
-from sem_dist.distributed.jobs import main
+from sem_dist.commands._job import main
 
 if __name__ == "__main__":
     sys.exit(main("protect"))

@@ -7,7 +7,7 @@ Takes the flags of `sem-dist tune` (`python jobs/tune.py --help`) plus --config 
 """
 import sys
 
-from sem_dist.distributed.jobs import main
+from sem_dist.commands._job import main
 
 if __name__ == "__main__":
     sys.exit(main("tune"))

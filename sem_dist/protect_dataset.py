@@ -30,9 +30,9 @@ from .data.info import SplitTooLarge
 from .data.output import OutputState, check_not_nested, prepare_output
 from .data.records import BadRecord, BadRecordPolicy
 from .data.storage import DataError, Location, StorageOptions, file_identities, open_location, redact_uri
-from .device import resolve_device, trainer_layout
+from .runtime.device import resolve_device, trainer_layout
 from .perturb.methods import as_method_state, method_from_state, method_state
-from .rng import RNG_SCHEME
+from .runtime.rng import RNG_SCHEME
 from .stages.commit import already_done, commit
 from .stages.fit import (IN_PROCESS, METHOD_CHECKPOINT, RAY_DATA, FitPlan, choose_feed, fit, read_checkpoint,
                          save_method)
@@ -268,8 +268,8 @@ class Run:
         ``--verbose``, see ``distributed.logs``)."""
         from .distributed.cluster import connect
         from .distributed.logs import native_stderr_to_log, progress_bars
-        from .distributed.regenerate import RayRegenOptions, RayRegenStats, run_units
-        from .progress import bar
+        from .distributed.regen_stages import RayRegenOptions, RayRegenStats, run_units
+        from .runtime.progress import bar
 
         timeout = {} if self.engine.resource_timeout_s is None else {"resource_timeout_s":
                                                                      self.engine.resource_timeout_s}
@@ -329,7 +329,7 @@ def checkpoint_location(req: ProtectRequest, out: Location) -> str:
 
 
 def protect(req: ProtectRequest) -> Manifest:
-    from .distributed.train import uses_ray_train
+    from .distributed.algorithm1 import uses_ray_train
 
     t_start = time.perf_counter()
     inp = open_input(req.data, req.storage)

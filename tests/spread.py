@@ -24,7 +24,7 @@ from sem_dist.bench.seeds import AVX2_KERNELS  # noqa: E402  (one definition of 
 
 
 def _digits():
-    from sem_dist.data.digits import load_digits
+    from sem_dist.data.sources.digits import load_digits
 
     return load_digits("train"), load_digits("test")
 
@@ -37,7 +37,7 @@ def digits_victims(seed: int) -> dict:
     from sem_dist.analysis.robustness import noise_robustness
     from sem_dist.commands.demo import DEMO_OVERRIDES
     from sem_dist.config import resolve_config
-    from sem_dist.pipeline import protect_arrays
+    from sem_dist.perturb.in_memory import protect_arrays
     from sem_dist.victims.train import VictimConfig, train_victim
     from test_victims_protected_digits import EM, VICTIM
 
@@ -74,7 +74,7 @@ def baselines(seed: int) -> dict:
     import torch.nn.functional as F
 
     from sem_dist.data.arrays import ArrayDataset
-    from sem_dist.perturb.regenerate import apply_noise
+    from sem_dist.perturb.algorithm4 import apply_noise
     from sem_dist.perturb.tap import tap_targets
     from sem_dist.victims.train import VictimConfig, train_victim
     from test_baselines_methods import SIDE, _fit, _noise
@@ -116,8 +116,8 @@ def noise_direction(seed: int) -> dict:
     from sem_dist.config import resolve_config
     from sem_dist.models import build_model
     from sem_dist.perturb.noise import NoiseSpec, solve_noise
-    from sem_dist.perturb.pgd import frozen
-    from sem_dist.rng import BatchStream, make_generator
+    from sem_dist.training.pgd import frozen
+    from sem_dist.runtime.rng import BatchStream, make_generator
     from test_core_noise_direction import expected_loss
 
     out = {}
@@ -145,7 +145,7 @@ def small(seed: int) -> dict:
     from sem_dist.analysis.robustness import surrogate_robustness
     from sem_dist.config import resolve_config
     from sem_dist.models import build_model
-    from sem_dist.perturb.pgd import frozen, pgd
+    from sem_dist.training.pgd import frozen, pgd
     from sem_dist.victims.train import VictimConfig, train_victim
     from test_analysis_robustness import TOY
     from test_core_layout import RHO, _model, _setup

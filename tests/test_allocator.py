@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sem_dist import allocator
+from sem_dist.runtime import allocator
 
 GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc") if hasattr(os, "confstr") else False
 
@@ -49,7 +49,7 @@ def test_ray_workers_of_a_run_start_with_the_settings(tmp_path):
 
 BRK_BLOCKED = r"""
 import ctypes, json, threading
-from sem_dist import allocator
+from sem_dist.runtime import allocator
 assert allocator.tune_this_process()
 libc = ctypes.CDLL(None)
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]

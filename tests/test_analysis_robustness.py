@@ -57,7 +57,7 @@ def test_snapshots_follow_algorithm_1_and_round_trip(toy, tmp_path):
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         next(collect_snapshots(cfg, train, CPU, [5]))
     # R_δu of stored noise: a fresh model trained adversarially on x + δ^u; seeded
-    from sem_dist.perturb.regenerate import apply_noise
+    from sem_dist.perturb.algorithm4 import apply_noise
 
     protected = train.with_images(apply_noise(train.images, snaps[1].noise), snaps[1].noise)
     r = noise_robustness(protected, cfg, CPU, steps=2, seed=0)

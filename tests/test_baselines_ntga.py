@@ -7,7 +7,7 @@ import math
 import torch
 
 from sem_dist.perturb.ntga import ReLUKernel, heldout_gradient, ntga_noise, predictor_coefficients, relu_ntk
-from sem_dist.rng import make_generator
+from sem_dist.runtime.rng import make_generator
 
 
 def empirical_ntk(x: torch.Tensor, depth: int, w_var: float, b_var: float, width: int, seed: int) -> torch.Tensor:

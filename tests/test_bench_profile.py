@@ -9,7 +9,7 @@ from sem_dist.bench.alg1 import profiled_steps
 from sem_dist.bench.profile import PARTS
 from sem_dist.config import resolve_config
 from sem_dist.perturb.generator import GeneratorTraining
-from sem_dist.rng import CounterStream
+from sem_dist.runtime.rng import CounterStream
 
 
 def test_profile_parts_add_up_to_the_step_time_and_leave_the_step_unchanged():

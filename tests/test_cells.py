@@ -51,7 +51,7 @@ def test_a_cell_whose_worker_is_killed_runs_again(ray_cluster, tmp_path):
 
 
 def test_a_cell_that_raises_fails_once_with_its_message(ray_cluster, tmp_path, capsys):
-    from sem_dist.cli import run_command
+    from sem_dist.commands import run_command
     from sem_dist.distributed.cells import run_in_order, submit
 
     def cell(folder: str) -> None:

@@ -21,7 +21,7 @@ import ray
 import yaml
 
 from sem_dist.data.storage import refuse_credentials
-from sem_dist.distributed import jobs
+from sem_dist.commands import _job as jobs
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"

@@ -335,7 +335,7 @@ def test_streamed_protect_resumes_exactly_on_another_node_layout(two_nodes, ray_
     from sem_dist.config import resolve_config
     from sem_dist.data.storage import StorageOptions
     from sem_dist.distributed.dataset import read_rows
-    from sem_dist.distributed.train import RayTrainOptions, fit_generator
+    from sem_dist.distributed.algorithm1 import RayTrainOptions, fit_generator
 
     bucket = "layouts"
     data, ckpt = f"s3://{bucket}/data", f"s3://{bucket}/ckpt"
@@ -432,7 +432,7 @@ def _checkout_copy(dst: Path, label: str) -> Path:
 def test_protect_job_on_digits_with_nodes_sharing_a_temp_dir(one_machine, digits, workers, tmp_path, monkeypatch):
     """Before the fix every such job died as the driver imported torch, right after its `[job] node` lines:
     `Intel oneMKL FATAL ERROR: Cannot load …/torch/lib/libtorch_cpu.so.` (its working directory had been
-    deleted, see sem_dist/distributed/jobs.py reenter_working_dir)."""
+    deleted, see sem_dist/commands/_job.py reenter_working_dir)."""
     nodes, bucket, s3 = one_machine
     out = f"s3://{bucket}/protected-w{workers}"
     done = nodes.submit("jobs/protect.py", "--data", f"s3://{bucket}/digits/train", "--out", out,
@@ -460,7 +460,7 @@ def test_protect_job_on_digits_with_nodes_sharing_a_temp_dir(one_machine, digits
 
 
 def test_reenter_working_dir_steps_into_the_directory_unpacked_again(tmp_path, monkeypatch):
-    from sem_dist.distributed.jobs import reenter_working_dir, working_dir
+    from sem_dist.commands._job import reenter_working_dir, working_dir
 
     pkg = tmp_path / "_ray_pkg_0123"
     pkg.mkdir()

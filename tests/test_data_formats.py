@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sem_dist.data import load_dataset
-from sem_dist.data.cifar import restricted_load
+from sem_dist.data.sources.cifar import restricted_load
 from sem_dist.data.storage import DataError
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sem_dist.data import load_dataset, save_dataset
-from sem_dist.device import cpu_bf16_kernels
-from sem_dist.rng import RNG_SCHEME
+from sem_dist.runtime.device import cpu_bf16_kernels
+from sem_dist.runtime.rng import RNG_SCHEME
 
 # CPU-test scale: a handful of generator steps on a small CNN (the paper's settings are for GPUs)
 TINY = ["--arch", "small_cnn", "--steps", "2", "--ku", "2", "--samples", "1", "--ka", "1", "--batch-size", "16",

@@ -14,7 +14,7 @@ import torch
 from sem_dist.config import resolve_config
 from sem_dist.perturb.generator import train_generator
 from sem_dist.perturb.methods import get_method
-from sem_dist.pipeline import regenerate_all
+from sem_dist.perturb.in_memory import regenerate_all
 
 ray = pytest.importorskip("ray")
 
@@ -29,7 +29,7 @@ def small(digits):
 
 
 def _opts(tmp_path, **kw):
-    from sem_dist.distributed.train import RayTrainOptions
+    from sem_dist.distributed.algorithm1 import RayTrainOptions
 
     return RayTrainOptions(storage=str(tmp_path / "runs"), log_every_s=0, **kw)
 
@@ -41,7 +41,7 @@ def _method_from(state, cfg, data):
 
 
 def test_one_and_two_workers_train_a_valid_generator(ray_cluster, small, tmp_path):
-    from sem_dist.distributed.train import fit_generator
+    from sem_dist.distributed.algorithm1 import fit_generator
 
     cfg = resolve_config("sem", 32, overrides=TINY)
     one, m1 = fit_generator(cfg, small, _opts(tmp_path, workers=1, name="w1"))
@@ -66,7 +66,7 @@ def test_one_and_two_workers_train_a_valid_generator(ray_cluster, small, tmp_pat
 
 
 def test_an_existing_run_is_not_silently_reused(ray_cluster, small, tmp_path):
-    from sem_dist.distributed.train import fit_generator
+    from sem_dist.distributed.algorithm1 import fit_generator
 
     cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 2})
     fit_generator(cfg, small, _opts(tmp_path, workers=1, name="again"))
@@ -89,7 +89,7 @@ def _train_workers():
 
 
 def test_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small, tmp_path):
-    from sem_dist.distributed.train import fit_generator
+    from sem_dist.distributed.algorithm1 import fit_generator
 
     cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 40, "trainer.checkpoint_every": 4,
                                                "solver.steps": 4})
@@ -113,7 +113,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small, t
 def test_checkpoints_land_in_s3(ray_cluster, small, s3_env):
     import boto3
 
-    from sem_dist.distributed.train import RayTrainOptions, fit_generator
+    from sem_dist.distributed.algorithm1 import RayTrainOptions, fit_generator
 
     endpoint, bucket = s3_env
     cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 4})
@@ -193,7 +193,7 @@ def _image_rows(data, bad: dict[int, str] | None = None):
 
 def test_a_bad_record_in_a_streamed_dataset_fails_with_its_id(ray_cluster, digits, tmp_path):
     from sem_dist.data.storage import DataError
-    from sem_dist.distributed.train import fit_generator
+    from sem_dist.distributed.algorithm1 import fit_generator
 
     data = digits[0].subset(range(32))
     ds, info = _image_rows(data, bad={5: "truncated PNG"})

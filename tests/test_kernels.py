@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from sem_dist.device import cpu_bf16_kernels, resolve_amp
+from sem_dist.runtime.device import cpu_bf16_kernels, resolve_amp
 
 
 @pytest.mark.trained

@@ -126,7 +126,8 @@ def test_an_embedded_ray_puts_its_banner_and_token_notice_in_the_driver_log(tmp_
 
 
 def test_verbose_flag_of_the_ray_commands_sets_it_for_that_run_only(monkeypatch):
-    from sem_dist.cli import build_parser, run_command
+    from sem_dist.cli import build_parser
+    from sem_dist.commands import run_command
     from sem_dist.distributed.logs import verbose
 
     for var in ("SEM_DIST_DEBUG", "SEM_DIST_VERBOSE"):

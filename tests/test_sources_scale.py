@@ -151,7 +151,7 @@ def test_hf_parquet_struct_and_bytes_columns_convert_and_round_trip(ray_cluster,
 
     # the Ray reader gives the same rows; files above UNIT_BYTES are split by row groups (here: every file,
     # 2 + 2 row groups), one unit each, so a big file spreads over the workers
-    import sem_dist.data.hfparquet as hfparquet
+    import sem_dist.data.sources.hfparquet as hfparquet
 
     monkeypatch.setattr(hfparquet, "UNIT_BYTES", 1)
     code, _, err = cli("convert", f"parquet:{hub}?split=train", tmp_path / "canon-ray", "--ray")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sem_dist.models import build_model
-from sem_dist.rng import BatchStream, make_generator
+from sem_dist.runtime.rng import BatchStream, make_generator
 from sem_dist.victims import defenses as D
 from sem_dist.victims.filters import low_pass
 from sem_dist.victims.train import VictimConfig, victim_data

@@ -16,7 +16,7 @@ import torch
 
 from sem_dist.analysis.robustness import noise_robustness
 from sem_dist.config import resolve_config
-from sem_dist.pipeline import protect_arrays
+from sem_dist.perturb.in_memory import protect_arrays
 from sem_dist.victims.train import VictimConfig, train_victim
 
 # Every test here asserts on trained victims or generators. Thresholds are set from `python tests/spread.py

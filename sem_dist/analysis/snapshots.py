@@ -17,7 +17,7 @@ from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
 from ..models import build_model, unwrap
 from ..perturb.generator import GeneratorTraining, iterate_steps, load_checkpoint, save_checkpoint
-from ..pipeline import regenerate_all
+from ..perturb.in_memory import regenerate_all
 
 
 @dataclass

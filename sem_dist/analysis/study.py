@@ -12,7 +12,7 @@ import torch
 
 from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
-from ..perturb.regenerate import apply_noise
+from ..perturb.algorithm4 import apply_noise
 from ..victims.train import VictimConfig, train_victim
 from .correlation import correlations
 from .robustness import noise_robustness, surrogate_robustness, term_steps

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from .. import bench
-from ..allocator import tune_this_process
+from ..runtime.allocator import tune_this_process
 
 COMMON = ("name", "quick", "json")
 

@@ -13,7 +13,7 @@ passes, EOT transforms, random draws, projections, and the optimizer (see ``benc
 profile_coverage is their sum over the step time.
 speedup_vs_contiguous (with --baseline-layout): the same SEM step as the code before issue #13 ran it
 (contiguous, uncompiled model, passes run whole, glibc's default malloc) over this run's step. The baseline
-runs in a child process started without this package's malloc settings (:mod:`sem_dist.allocator`, which
+runs in a child process started without this package's malloc settings (:mod:`sem_dist.runtime.allocator`, which
 this process has from the benchmark's main, as ``sem-dist`` has), one step at a time when this process
 asks, so its steps stay interleaved with the others. speedup_layout_only: the same baseline layout timed
 in this process, i.e. with the malloc settings: what layout, compilation and chunking alone bring.
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import resolve_config
-from ..device import cpu_summary, resolve_amp, resolve_device, trainer_layout
+from ..runtime.device import cpu_summary, resolve_amp, resolve_device, trainer_layout
 from ..perturb.generator import GeneratorTraining
-from ..perturb.pgd import frozen, input_gradient
+from ..training.pgd import frozen, input_gradient
 from .profile import StepProfile, instrument
 
 

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from ..config import method_defaults, parse_fraction
-from ..data.digits import load_digits
+from ..data.sources.digits import load_digits
 from ..data.storage import open_location
 from ..perturb.methods import MinMinMax
-from ..perturb.regenerate import apply_noise
+from ..perturb.algorithm4 import apply_noise
 from ..victims.evaluate import PAPER_SEEDS, mean_std
 from ..victims.train import VictimConfig, train_victim
 from .evidence import SCALE, VICTIM, generator_config
@@ -197,7 +197,8 @@ def training_set(train_size: int | None):
 
 def generate(g: Generator, factor: float, train_size: int | None) -> dict:
     """A generator cell: the int8 noise of every training sample and how long it took."""
-    from ..pipeline import noise_stats, protect_arrays
+    from ..perturb.algorithm4 import noise_stats
+    from ..perturb.in_memory import protect_arrays
 
     cfg = generator_settings(g, factor)
     protected, timing = protect_arrays(cfg, training_set(train_size), CPU)
@@ -223,7 +224,7 @@ def run_cells(cells: Sequence[Cell], factor: float, train_size: int | None, log=
     tables finish first; returns ({Victim: result}, {Generator: generation record}).
     ``on_result`` sees the results so far after every finished cell."""
     from ..distributed.cells import run_in_order, submit
-    from ..progress import bar
+    from ..runtime.progress import bar
 
     order: list = []
     for table in dict.fromkeys(c.table for c in cells):

@@ -33,9 +33,9 @@ from ..analysis.robustness import noise_robustness, surrogate_robustness
 from ..analysis.snapshots import collect_snapshots
 from ..config import ProtectConfig, resolve_config
 from ..data.arrays import ArrayDataset
-from ..data.digits import load_digits
-from ..perturb.regenerate import apply_noise
-from ..pipeline import protect_arrays
+from ..data.sources.digits import load_digits
+from ..perturb.algorithm4 import apply_noise
+from ..perturb.in_memory import protect_arrays
 from ..victims.train import VictimConfig, train_victim
 
 CPU = torch.device("cpu")

@@ -18,8 +18,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from .. import rng
-from ..perturb import attacks, noise, pgd, transforms
+from ..runtime import rng
+from ..perturb import attacks, noise
+from ..training import pgd, transforms
 
 PARTS = ("passes", "transform", "random", "project", "other")
 

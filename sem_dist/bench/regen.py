@@ -1,7 +1,7 @@
 """Algorithm 4 throughput and memory: the in-process engine against Ray Data on this machine's cores, in
 one run on the same data (synthetic 3×32×32, 10 classes, canonical shards on local disk) and the same
 generator (a small-CNN SEM method; its weights do not change the cost). Both go through
-``sem-dist regenerate``'s code path, with the malloc settings of :mod:`sem_dist.allocator` (this process
+``sem-dist regenerate``'s code path, with the malloc settings of :mod:`sem_dist.runtime.allocator` (this process
 gets them from the benchmark's main, the actors from the runtime environment, as in ``sem-dist``).
 
 Throughput: first ``rounds`` interleaved rounds over N images (in-process, Ray, in-process, Ray, ...), so
@@ -125,7 +125,7 @@ def _median(values: list[float]) -> float:
 def run(quick: bool = False, verbose: bool = True, rounds: int = 2) -> dict:
     import ray
 
-    from ..allocator import worker_env
+    from ..runtime.allocator import worker_env
 
     os.environ.setdefault("SEM_DIST_PROGRESS", "0" if not verbose else "auto")
     n, shard_rows = (160, 20) if quick else (1000, 50)

@@ -51,7 +51,7 @@ def add_arguments(g) -> None:
 def grid(settings, generator_seeds, victim_seeds, folder: Path, log) -> dict:
     """In this process's Ray: {data: {kind: {"g{G}v{V}" (or "v{V}" for clean): test accuracy}}}."""
     from ..data.convert import convert
-    from ..demo import Generator, protect_cell, victim_cell
+    from ..commands.demo import Generator, protect_cell, victim_cell
     from ..distributed.cells import run_in_order, submit
 
     data = folder / "data"
@@ -127,8 +127,8 @@ def decompose(cells: dict, generator_seeds, victim_seeds) -> dict:
 
 def run(quick: bool = False, verbose: bool = True, *, generator_seeds: str = "0,1,2", victim_seeds: str = "0,1,2",
         kernels: str = "native,avx2", one_kernel_set: str | None = None) -> dict:
-    from ..demo import DemoSettings
-    from ..device import cpu_summary
+    from ..commands.demo import DemoSettings
+    from ..runtime.device import cpu_summary
 
     settings = DemoSettings(steps=20, victim_epochs=2) if quick else DemoSettings()
     gs, vs = (_ints("0,1"), _ints("0,1")) if quick else (_ints(generator_seeds), _ints(victim_seeds))

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..config import resolve_config
-from ..data.digits import load_digits
+from ..data.sources.digits import load_digits
 from ..models import build_model
 
 
@@ -55,7 +55,7 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
     import tempfile
 
     from ..distributed.cluster import connect
-    from ..distributed.train import RayTrainOptions, fit_generator
+    from ..distributed.algorithm1 import RayTrainOptions, fit_generator
 
     steps = 4 if quick else 12
     over = {"trainer.arch": "small_cnn", "trainer.batch_size": 64, "trainer.steps": steps,

@@ -161,8 +161,8 @@ def run(args) -> int:
     from ..analysis.snapshots import evenly_spaced
     from ..analysis.study import TERMS, robustness_analysis
     from ..data import load_dataset
-    from ..device import resolve_device
-    from ..progress import bar
+    from ..runtime.device import resolve_device
+    from ..runtime.progress import bar
 
     device = resolve_device(args.device)
     storage = storage_options(args)
@@ -205,10 +205,10 @@ def run_projection(args) -> int:
     from ..analysis.projection import GROUPS, perturbation_groups, projection_analysis, resolve_projection
     from ..data import load_dataset
     from ..data.storage import open_location, redact_uri
-    from ..device import resolve_device
-    from ..perturb.regenerate import apply_noise
-    from ..pipeline import fit_method, regenerate_all
-    from ..progress import bar
+    from ..runtime.device import resolve_device
+    from ..perturb.algorithm4 import apply_noise
+    from ..perturb.in_memory import fit_method, regenerate_all
+    from ..runtime.progress import bar
     from ..victims.train import train_victim
 
     t0 = time.perf_counter()

@@ -152,8 +152,8 @@ def _in_process(args, size: int | None) -> bool:
 
 def run(args) -> int:
     from ..analysis.figures import plot_learning_curves
-    from ..device import resolve_device
-    from ..progress import bar
+    from ..runtime.device import resolve_device
+    from ..runtime.progress import bar
     from ..victims.defenses import parse_defenses
     from ..victims.evaluate import VictimData, evaluate_victims, seed_configs, victim_record
     from ..victims.train import VictimConfig

@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..data.export import export_imagefolder
-    from ..data.interop import export_arrays
+    from ..perturb.interop import export_arrays
 
     if args.format == "png":
         if args.clean:

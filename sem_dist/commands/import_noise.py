@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..data.interop import import_noise
+    from ..perturb.interop import import_noise
 
     m = import_noise(args.data, args.noise, args.out, args.rho_u, args.keep_noise, args.overwrite,
                      storage_options(args))

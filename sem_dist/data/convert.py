@@ -9,13 +9,13 @@ import json
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from ..progress import bar
+from ..runtime.progress import bar
 from .canonical import MANIFEST, DatasetWriter, Manifest, ShardInfo, read_manifest
 from .ledger import Ledger
 from .output import check_not_nested, prepare_output
 from .records import BadRecord, BadRecordPolicy, Chunk, rebatch
-from .source import Split, source_record
-from .sources import open_source, parse_spec
+from .sources.split import Split, source_record
+from .sources.registry import open_source, parse_spec
 from .storage import Location, StorageOptions, file_identities, open_location
 
 if TYPE_CHECKING:  # torch stays out of processes that only convert (e.g. Ray tasks)

@@ -10,12 +10,12 @@ import hashlib
 import json
 import re
 
-from ..progress import bar
+from ..runtime.progress import bar
 from .canonical import STAGING
 from .images import encode_png
 from .output import check_not_nested
 from .records import BadRecordPolicy
-from .sources import open_split
+from .sources.registry import open_split
 from .storage import DataError, StorageOptions, open_location
 
 MARKER = "export.json"

@@ -40,7 +40,7 @@ def submit(fn: Callable, *args, num_gpus: float = 0.0, **kwargs):
 
 def _victim(cfg, data, device_name: str):
     """One victim, reading its data from storage in this task: no copy of the split passes the driver."""
-    from ..device import resolve_device
+    from ..runtime.device import resolve_device
     from ..victims.evaluate import describe
     from ..victims.train import train_victim
 

@@ -18,7 +18,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    from ..allocator import worker_env
+    from ..runtime.allocator import worker_env
     from ..data.storage import refuse_credentials
     from . import logs  # Ray's own console output goes to its log files unless SEM_DIST_DEBUG / --verbose
 

@@ -15,9 +15,9 @@ import dataclasses
 
 from ..data.canonical import DatasetWriter, Manifest
 from ..data.convert import convert_targets, new_manifest, start_output
-from ..data.plan import SourcePlan, portable_uri
+from ..data.sources.plan import SourcePlan, portable_uri
 from ..data.records import BadRecord, BadRecordPolicy
-from ..data.sources import PLAN_KINDS
+from ..data.sources.registry import PLAN_KINDS
 from ..data.storage import DataError, Location, StorageOptions
 from ..data.unique import hashes_from_text, refuse_repeated_ids
 from ..stages.regenerate import Ledger
@@ -53,7 +53,7 @@ def convert_plan(plan: SourcePlan, out: Location, storage: StorageOptions, shard
                  on_bad_record: str, resume: bool) -> Manifest:
     """One split of a plan source → a committed canonical dataset at ``out`` (see the module docstring)."""
     from .logs import progress_bars
-    from .regenerate import RayRegenOptions, run_units
+    from .regen_stages import RayRegenOptions, run_units
 
     image = plan.image_spec()
     info = plan.info(image)

@@ -7,7 +7,7 @@ come out with ``error`` set (and a zero image) and the consumer applies ``--on-b
 manifest's per-shard sha256 is not checked on this path (``read_parquet`` streams row groups and never
 holds a whole shard); consumers that need it read whole shards, as regeneration does
 (:mod:`sem_dist.stages.regenerate`). Other source kinds are read by
-``sem_dist.distributed.sources.read_source_rows``.
+``sem_dist.distributed.source_rows.read_source_rows``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.images import BadImage, ImageDecoder
 from ..data.info import DatasetInfo
-from ..data.sources import parse_spec
+from ..data.sources.registry import parse_spec
 from ..data.storage import StorageOptions
 from ..stages.read import open_input
 
@@ -54,7 +54,7 @@ def read_rows(spec: str, storage: StorageOptions, split: str | None = None):
 
     parsed = parse_spec(spec)
     if parsed.kind != "canonical":
-        from .sources import read_source_rows
+        from .source_rows import read_source_rows
 
         return read_source_rows(parsed, storage, split)
     if split:

@@ -190,6 +190,6 @@ def native_stderr_to_log():
 
 def progress_bars() -> bool:
     """Whether Ray Data draws its own progress bars (only when verbose: our stages draw one bar each)."""
-    from ..progress import enabled
+    from ..runtime.progress import enabled
 
     return enabled() and verbose()

@@ -60,7 +60,7 @@ def _node_local(path: "str | Location") -> str | None:
     (object storage; ``digits``, bundled with the package on every node)."""
     if isinstance(path, Location):
         return path.display if path.is_local else None
-    from ..data.sources import parse_spec
+    from ..data.sources.registry import parse_spec
 
     spec = parse_spec(path)
     return spec.display if spec.target and not is_remote(spec.target) else None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.storage import DataError
-from ..rng import step_seed
+from ..runtime.rng import step_seed
 
 DEFAULT_SHUFFLE_BUFFER_ROWS = 4096
 BAD_RECORD_POLICIES = ("fail", "skip")

@@ -191,9 +191,9 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     """Tune function trainable: read the data → generator → noise → victim, reporting after every victim epoch."""
     from ray import tune
 
-    from ..device import resolve_device
-    from ..perturb.regenerate import apply_noise
-    from ..pipeline import fit_method, regenerate_all
+    from ..runtime.device import resolve_device
+    from ..perturb.algorithm4 import apply_noise
+    from ..perturb.in_memory import fit_method, regenerate_all
     from ..victims.train import train_victim
     from .trial_phases import PHASE, VICTIM
 
@@ -206,7 +206,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     cfg = protect_config(settings.method, train.image_side, config)
     t0 = time.perf_counter()
     if settings.workers > 1:
-        from .train import RayTrainOptions, fit_method_distributed
+        from .algorithm1 import RayTrainOptions, fit_method_distributed
         from .trial_phases import GeneratorProgress
 
         # same (storage, name) on a restarted trial: Ray Train continues from the generator's checkpoint

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..rng import BatchStream, make_generator, uniform_ball
-from .pgd import logits_of, pgd, project
+from ..runtime.rng import BatchStream, make_generator, uniform_ball
+from ..training.pgd import logits_of, pgd, project
 
 TRADES_START = 1e-3  # TRADES' random start scale (Zhang et al. 2019 use 0.001·N(0, 1))
 APGD_MOMENTUM = 0.75  # Croce & Hein 2020, α in the momentum update

@@ -3,7 +3,7 @@
 Per step i: a minibatch (x, y); δ^u from the shared solver (``noise.solve_noise``); t ~ T;
 δ^a = PGD(t(x + δ^u)) when the method trains θ adversarially (:func:`adversarial_inputs`); one SGD step
 on θ with ℓ(f_θ(t(x + δ^u) + δ^a), y) (:func:`theta_update`). On a GPU each of the two halves runs as
-one CUDA graph (``trainer.graphs``, :class:`~sem_dist.device.CapturedCall`). The choices of DESIGN.md's
+one CUDA graph (``trainer.graphs``, :class:`~sem_dist.runtime.device.CapturedCall`). The choices of DESIGN.md's
 table (SEM, REM, REM-θ, REM-δu, EM, Table 7's rows) are all configurations of this one loop.
 
 Randomness is a pure function of (seed, step): every step reseeds its stream from those, and minibatches
@@ -26,11 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..device import CapturedCall, autocast, prepare_for
+from ..runtime.device import CapturedCall, autocast, prepare_for
 from ..models import build_model, unwrap
-from ..rng import RNG_SCHEME, CounterStream, make_generator, row_keys, step_seed
+from ..runtime.rng import RNG_SCHEME, CounterStream, row_keys, step_seed
+from ..training.sampling import StepSampler
 from .noise import NoiseSpec, solve_noise
-from .pgd import frozen, pgd
+from ..training.pgd import frozen, pgd
 
 CHECKPOINT_NAME = "generator.pt"
 
@@ -41,34 +42,6 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class StepSampler:
-    """Minibatch indices for step i: positions [iB, (i+1)B) of a stream of seeded epoch permutations.
-
-    No sample is dropped at epoch ends and the batch of any step is computable from (seed, step) alone.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n <= 0:
-            raise ValueError("cannot train on an empty dataset")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._cache: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=make_generator(
-                step_seed(self.seed, epoch, purpose="epoch")))}
-        return self._cache[epoch]
-
-    def indices(self, step: int) -> torch.Tensor:
-        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
-        epochs, offsets = pos // self.n, pos % self.n
-        out = torch.empty_like(pos)
-        for e in epochs.unique().tolist():
-            mask = epochs == e
-            out[mask] = self._perm(e)[offsets[mask]]
-        return out
 
 
 def lr_at(cfg: ProtectConfig, step: int) -> float:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..config import ProtectConfig
-from ..device import prepare_for
+from ..runtime.device import prepare_for
 from ..models import build_model
-from ..rng import CounterStream
+from ..runtime.rng import CounterStream
 from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator
 from .noise import KeyedSolver, NoiseSpec

@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 
 from ..config import ProtectConfig
-from ..device import CapturedCall, resolve_amp, resolve_pass_chunk
-from ..rng import CounterStream, uniform_ball
+from ..runtime.device import CapturedCall, resolve_amp, resolve_pass_chunk
+from ..runtime.rng import CounterStream, uniform_ball
 from .attacks import get_attack
-from .pgd import frozen, input_gradient, project
-from .transforms import Transform, get_transform, repeat_rows
+from ..training.pgd import frozen, input_gradient, project
+from ..training.transforms import Transform, get_transform, repeat_rows
 
 
 class RepeatStream:
@@ -120,7 +120,7 @@ def solve_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: NoiseS
 
 class KeyedSolver:
     """Algorithm 4's solve: δ^u for batches whose rows are keyed per sample (``CounterStream`` keys, e.g. from
-    ``(seed, sample id)``) on ``model`` frozen, as one :class:`~sem_dist.device.CapturedCall`: with
+    ``(seed, sample id)``) on ``model`` frozen, as one :class:`~sem_dist.runtime.device.CapturedCall`: with
     ``graphs`` (``trainer.graphs``) on a GPU, each batch of the usual shape replays one CUDA graph of the
     K_u·(J·B-image pass + sign step + projection) solve; a batch of another shape (the last) runs eagerly.
     The model's weights are read in place, so loading new ones (``load_state_dict``) needs no new graph."""

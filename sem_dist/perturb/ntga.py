@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..rng import make_generator, step_seed
+from ..runtime.rng import make_generator, step_seed
 from .base import NoiseMethod
-from .pgd import project
+from ..training.pgd import project
 
 KERNEL_DTYPE = torch.float64
 COS_MARGIN = 1e-9  # keeps arccos' derivative finite for identical or duplicate inputs

@@ -22,9 +22,9 @@ import math
 
 import torch
 
-from ..rng import make_generator, step_seed
+from ..runtime.rng import make_generator, step_seed
 from .base import NoiseMethod
-from .pgd import project
+from ..training.pgd import project
 
 
 def separable_points(num_classes: int, dim: int, class_sep: float, generator: torch.Generator) -> torch.Tensor:

@@ -10,7 +10,7 @@ from ..data.canonical import DatasetWriter, Manifest, read_manifest
 from ..data.info import DatasetInfo
 from ..data.storage import DataError
 from ..data.unique import hashes_from_text, refuse_repeated_ids
-from ..pipeline import NoiseStats
+from ..perturb.algorithm4 import NoiseStats
 from .regenerate import UnitResult
 
 

@@ -29,7 +29,7 @@ from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_byt
 from ..data.records import BadRecordPolicy
 from ..data.storage import DataError, Location, StorageOptions, open_location
 from ..perturb.methods import NoiseMethod
-from ..pipeline import fit_method
+from ..perturb.in_memory import fit_method
 from .read import Input, load_arrays
 
 METHOD_CHECKPOINT = "method.pt"
@@ -55,7 +55,7 @@ class FitPlan:
 def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         policy: BadRecordPolicy) -> tuple[NoiseMethod, dict]:
     """The fitted method and the training metrics (workers, steps/s, resumed-from step, feed)."""
-    from ..distributed.train import uses_ray_train
+    from ..distributed.algorithm1 import uses_ray_train
 
     ray_train = uses_ray_train(plan.workers, plan.checkpoint_dir)
     feed = choose_feed(cfg, inp, plan.workers, plan.stream, ray_train)
@@ -66,8 +66,8 @@ def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
         data = load_arrays(inp, policy, cap, _stream_hint(cfg, inp, plan.workers))
         method = fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume)
         return method, {"workers": 1, "feed": IN_PROCESS}
-    from ..distributed.train import RayTrainOptions, fit_method_distributed
-    from ..progress import enabled
+    from ..distributed.algorithm1 import RayTrainOptions, fit_method_distributed
+    from ..runtime.progress import enabled
 
     timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
     opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,

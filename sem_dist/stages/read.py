@@ -12,10 +12,10 @@ import numpy as np
 
 from ..data.arrays import ArrayDataset
 from ..data.info import STREAM_MIN_BYTES_ENV, DatasetInfo, SplitTooLarge, mib
-from ..data.plan import ImageSpec, SourcePlan
+from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, concat
-from ..data.source import Split, source_record
-from ..data.sources import PLAN_KINDS, open_source, parse_spec
+from ..data.sources.split import Split, source_record
+from ..data.sources.registry import PLAN_KINDS, open_source, parse_spec
 from ..data.storage import DataError, Location, StorageOptions
 
 PLAN_SOURCES = tuple(PLAN_KINDS.values())

@@ -11,7 +11,7 @@ Units are what the input already divides into, so any worker can run any unit kn
   of pixels), each perturbed and written as soon as it is full, so memory holds one output shard, not the unit.
 A unit's work is three steps — :class:`UnitInput` (read into output shards), :func:`solve_noise` (the model),
 :func:`write_part` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
-(:func:`regenerate_local`) and ``sem_dist.distributed.regenerate`` runs as three Ray Data stages, so both
+(:func:`regenerate_local`) and ``sem_dist.distributed.regen_stages`` runs as three Ray Data stages, so both
 engines write the same bytes for the same seed (noise depends on (seed, id); block methods such as NTGA on
 blocks formed inside an output shard).
 Other sources (bundled and MNIST/CIFAR files), and canonical inputs re-cut by ``--shard-rows``, run in this
@@ -42,9 +42,9 @@ from ..data.ledger import Ledger as RunLedger
 from ..data.records import BadRecordPolicy, Chunk
 from ..data.storage import Location, open_location
 from ..perturb.methods import NoiseMethod
-from ..perturb.regenerate import apply_noise, regenerate
-from ..pipeline import NoiseStats
-from ..progress import bar
+from ..perturb.algorithm4 import apply_noise, regenerate
+from ..perturb.algorithm4 import NoiseStats
+from ..runtime.progress import bar
 from .read import Input
 from .units import RegenJob, UnitInput, shard_id_hash
 

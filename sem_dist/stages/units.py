@@ -9,7 +9,7 @@ from typing import Iterator
 
 from ..data.canonical import SHARD_PREFIX, read_manifest, read_shard, shard_name
 from ..data.convert import default_shard_rows
-from ..data.plan import ImageSpec, SourcePlan
+from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, Chunk, checked, concat, rebatch
 from ..data.storage import StorageOptions, open_location
 from ..data.unique import hashes_text

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import parse_fraction
-from ..perturb.pgd import frozen
-from ..rng import step_seed
+from ..training.pgd import frozen
+from ..runtime.rng import step_seed
 from .filters import low_pass
 
 # ---- pre-processing (once, on uint8 images) -------------------------------------------------------------

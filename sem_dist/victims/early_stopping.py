@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.arrays import ArrayDataset
-from ..rng import step_seed
+from ..runtime.rng import step_seed
 from .poisoning import NEEDS_ORIGINALS
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.arrays import ArrayDataset
-from ..rng import step_seed
+from ..runtime.rng import step_seed
 
 POISON_MODES = ("mixed", "clean-only")
 NEEDS_ORIGINALS = ("the training set stores no noise: protect with `sem-dist protect --keep-noise` or give the "

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.arrays import ArrayDataset
-from ..device import autocast, prepare_model
+from ..runtime.device import autocast, prepare_model
 from ..models import build_model
-from ..perturb.generator import StepSampler
-from ..perturb.pgd import frozen, pgd
-from ..perturb.transforms import get_transform
-from ..rng import BatchStream, make_generator, step_seed
+from ..training.sampling import StepSampler
+from ..training.pgd import frozen, pgd
+from ..training.transforms import get_transform
+from ..runtime.rng import BatchStream, make_generator, step_seed
 from .defenses import augmentation, parse_defenses, preprocess, ueraser_max
 from .early_stopping import EarlyStopping, holdout_validation
 from .filters import FILTERS, low_pass

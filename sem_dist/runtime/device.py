@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .config import COMPILE_MODES, GRAPH_MODES, MEMORY_FORMATS, parse_amp, parse_pass_chunk
+from ..config import COMPILE_MODES, GRAPH_MODES, MEMORY_FORMATS, parse_amp, parse_pass_chunk
 
 # torch.compile makes the CIFAR ResNet-18's input-gradient pass 1.68× faster on a 2-core CPU after ≈ 50 s
 # of compilation per graph, and small_cnn's 0.66× as fast (measured for issue #13). Algorithm 1 compiles

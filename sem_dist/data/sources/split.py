@@ -5,9 +5,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .canonical import Manifest
-from .records import BadRecordPolicy, Chunk, checked
-from .storage import DataError, Location
+from ..canonical import Manifest
+from ..records import BadRecordPolicy, Chunk, checked
+from ..storage import DataError, Location
 
 CHUNK_ROWS = 1024  # rows per chunk a source yields; bounds decode memory for file-per-image sources
 

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..perturb.regenerate import apply_noise, max_level
-from .arrays import ArrayDataset
-from .canonical import DatasetWriter, Manifest
-from .cifar import restricted_unpickle
-from .convert import default_shard_rows, new_manifest
-from .output import check_not_nested, prepare_output
-from .records import BadRecordPolicy, Chunk, rebatch
-from .source import source_record
-from .sources import load_dataset, open_split, parse_spec
-from .storage import DataError, Location, StorageOptions, open_location
+from .algorithm4 import apply_noise, max_level
+from ..data.arrays import ArrayDataset
+from ..data.canonical import DatasetWriter, Manifest
+from ..data.sources.cifar import restricted_unpickle
+from ..data.convert import default_shard_rows, new_manifest
+from ..data.output import check_not_nested, prepare_output
+from ..data.records import BadRecordPolicy, Chunk, rebatch
+from ..data.sources.split import source_record
+from ..data.sources.registry import load_dataset, open_split, parse_spec
+from ..data.storage import DataError, Location, StorageOptions, open_location
 
 EXPORT_FORMATS = ("png", "npz", "pickle-int8")
 PICKLE_MAGIC = b"\x80"
@@ -228,7 +228,7 @@ def import_noise(data_uri: str, noise_uri: str, out_uri: str, rho_u: float | Non
     protected = apply_noise(data.images, noise)
     effective = (protected.astype(np.int16) - data.images).astype(np.int8)  # what survives clipping to 0..255
 
-    from ..pipeline import noise_stats
+    from .algorithm4 import noise_stats
 
     writer = DatasetWriter(out)
     writer.clear()

@@ -20,8 +20,9 @@ import torch
 
 from ..commands.demo import DEMO_OVERRIDES
 from ..config import parse_fraction, resolve_config
-from ..data.digits import load_digits
-from ..pipeline import noise_stats, protect_arrays
+from ..data.sources.digits import load_digits
+from ..perturb.algorithm4 import noise_stats
+from ..perturb.in_memory import protect_arrays
 from ..victims.train import VictimConfig, train_victim
 
 METHODS = ("clean", "em", "rem", "sem")

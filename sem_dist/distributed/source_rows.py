@@ -5,7 +5,7 @@ The driver builds the source's plan (top-level listing, class names, the first i
 resizing): metadata only. Each work unit (class folder, Parquet file, tar shard) becomes one Ray task that
 lists/reads it; image-per-file sources are then re-blocked so that fetching and decoding spread over the
 cluster in batches of ``DECODE_ROWS``. Decoding and the resize/crop run in those tasks with the very
-function the in-process sources use (``sem_dist.data.plan.decode_records``), so both give the same pixels.
+function the in-process sources use (``sem_dist.data.sources.plan.decode_records``), so both give the same pixels.
 """
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from ..data.info import DatasetInfo
-from ..data.plan import DECODE_ROWS, ImageSpec, RawRecord, SourcePlan, batched, decode_records
+from ..data.sources.plan import DECODE_ROWS, ImageSpec, RawRecord, SourcePlan, batched, decode_records
 from ..data.storage import DataError, StorageOptions
 
 if TYPE_CHECKING:
     import ray.data
 
-    from ..data.sources import SourceSpec
+    from ..data.sources.registry import SourceSpec
 
 
 def read_source_rows(spec: "SourceSpec", storage: StorageOptions | None, split: str | None = None
                      ) -> tuple["ray.data.Dataset", DatasetInfo]:
     """The split of a plan source (``split`` wins over the spec's ``?split=``) as image rows."""
-    from ..data.sources import PLAN_KINDS, open_source
+    from ..data.sources.registry import PLAN_KINDS, open_source
 
     if spec.kind not in PLAN_KINDS:
         raise DataError(f"{spec.display}: Ray reads {', '.join(k + ':' for k in PLAN_KINDS)} sources here "

@@ -6,17 +6,16 @@ method objects, only spread over workers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import ProtectConfig
-from .data.arrays import ArrayDataset
-from .perturb.methods import NoiseMethod, get_method
-from .perturb.regenerate import apply_noise, regenerate
-from .progress import bar
+from ..config import ProtectConfig
+from ..data.arrays import ArrayDataset
+from .methods import NoiseMethod, get_method
+from .algorithm4 import apply_noise, regenerate
+from ..runtime.progress import bar
 
 
 def fit_method(cfg: ProtectConfig, data: ArrayDataset, device: torch.device,
@@ -52,37 +51,3 @@ def protect_arrays(cfg: ProtectConfig, data: ArrayDataset, device: torch.device,
     noise = regenerate_all(method, data, device, method.regen_batch_size())
     t2 = time.perf_counter()
     return data.with_images(apply_noise(data.images, noise), noise), {"fit_s": t1 - t0, "regenerate_s": t2 - t1}
-
-
-@dataclass
-class NoiseStats:
-    """Running totals behind :func:`noise_stats`, so streamed (shard-by-shard) noise can be summarised
-    without ever holding all of it; ``merge`` combines the totals of separate shards or workers."""
-
-    max_abs: int = 0
-    sum_abs: int = 0
-    nonzero: int = 0
-    size: int = 0
-
-    def update(self, noise: np.ndarray) -> "NoiseStats":
-        a = np.abs(noise.astype(np.int16))
-        if a.size:
-            self.max_abs = max(self.max_abs, int(a.max()))
-            self.sum_abs += int(a.sum(dtype=np.int64))
-            self.nonzero += int(np.count_nonzero(a))
-            self.size += int(a.size)
-        return self
-
-    def merge(self, other: "NoiseStats") -> "NoiseStats":
-        return NoiseStats(max(self.max_abs, other.max_abs), self.sum_abs + other.sum_abs,
-                          self.nonzero + other.nonzero, self.size + other.size)
-
-    def result(self) -> dict:
-        n = max(self.size, 1)
-        return {"linf_levels": self.max_abs, "linf": self.max_abs / 255.0, "mean_abs_levels": self.sum_abs / n,
-                "fraction_nonzero": self.nonzero / n}
-
-
-def noise_stats(noise: np.ndarray) -> dict:
-    """Summary of int8 noise in grey levels and [0,1] units."""
-    return NoiseStats().update(noise).result()

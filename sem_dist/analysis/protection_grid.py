@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .perturb.regenerate import apply_noise
+from ..perturb.algorithm4 import apply_noise
 
 
 def per_class_indices(labels: np.ndarray, per_class: int) -> list[int]:

@@ -1,6 +1,6 @@
 """File-backed sources as a *plan*: a short list of work units (class folders, Parquet files, tar shards)
 and a reader that turns one unit into raw records. The same plan runs in this process (one unit after
-another) and on Ray Data (one task per unit, see ``sem_dist.distributed.sources``), so both paths list,
+another) and on Ray Data (one task per unit, see ``sem_dist.distributed.source_rows``), so both paths list,
 read, decode and resize with the same code and give the same pixels.
 
 A raw record carries image bytes (or a file to fetch), an integer label, or the reason it is bad before
@@ -17,11 +17,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .info import DatasetInfo
-from .images import CHANNEL_MODES, BadImage, check_size, decode_image
-from .records import BadRecordPolicy, Chunk
-from .source import Split, source_record
-from .storage import DataError, Location, StorageOptions, open_location, storage_errors
+from ..info import DatasetInfo
+from ..images import CHANNEL_MODES, BadImage, check_size, decode_image
+from ..records import BadRecordPolicy, Chunk
+from .split import Split, source_record
+from ..storage import DataError, Location, StorageOptions, open_location, storage_errors
 
 DECODE_ROWS = 64  # records per decode batch: small, so variable-size originals never pile up in memory
 RESIZE_RULE = "shorter side to S (bicubic), then the centre S×S crop"

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..device import autocast
-from ..rng import uniform_ball
+from ..runtime.device import autocast
+from ..runtime.rng import uniform_ball
 
 
 @contextlib.contextmanager

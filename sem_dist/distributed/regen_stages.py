@@ -117,7 +117,7 @@ class NoiseStage:
     def __init__(self, job: RegenJob, threads: int):
         import torch
 
-        from ..device import resolve_device
+        from ..runtime.device import resolve_device
         from ..perturb.methods import method_from_state
         from ..stages.fit import read_checkpoint
 
@@ -225,7 +225,7 @@ class _Units:
         self.ends: dict[int, dict] = {}
 
     def add(self, row: dict) -> "UnitResult | None":
-        from ..pipeline import NoiseStats
+        from ..perturb.algorithm4 import NoiseStats
         from ..stages.regenerate import UnitResult
 
         unit = int(row["unit"])

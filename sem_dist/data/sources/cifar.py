@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .records import BadRecordPolicy
-from .source import Source, Split, chunked
-from .storage import DataError, Location
+from ..records import BadRecordPolicy
+from .split import Source, Split, chunked
+from ..storage import DataError, Location
 
 # (module, name) an ndarray pickle refers to; numpy 1.x writes numpy.core.*, numpy 2.x numpy._core.*
 _ARRAY_GLOBALS = {

@@ -258,7 +258,7 @@ def _driver_bar(total: int, desc: str, steps_seen):
 
     import ray
 
-    from ..progress import bar
+    from ..runtime.progress import bar
 
     stop = threading.Event()
     with bar(total, desc, unit="step") as pb:
@@ -369,7 +369,7 @@ def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptio
     import sys
 
     from ..perturb.methods import MinMinMax, get_method
-    from ..pipeline import fit_method
+    from ..perturb.in_memory import fit_method
 
     method = get_method(cfg, *_dims(data, info), device)
     if not isinstance(method, MinMinMax):

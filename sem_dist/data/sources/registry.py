@@ -15,18 +15,18 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from .canonical import MANIFEST, READ_BATCH_ROWS, iter_dataset, read_manifest
+from ..canonical import MANIFEST, READ_BATCH_ROWS, iter_dataset, read_manifest
 from .cifar import CifarSource
 from .hfparquet import HFParquetSource
 from .imagefolder import ImageFolderSource
 from .mnist import MnistSource
-from .records import BadRecordPolicy, Chunk, concat, rebatch
-from .source import Source, Split, chunked
-from .storage import DataError, StorageOptions, open_location, redact_uri, split_options
+from ..records import BadRecordPolicy, Chunk, concat, rebatch
+from .split import Source, Split, chunked
+from ..storage import DataError, StorageOptions, open_location, redact_uri, split_options
 from .webdataset import WebDatasetSource
 
 if TYPE_CHECKING:  # torch stays out of processes that only read (e.g. Ray tasks)
-    from .arrays import ArrayDataset
+    from ..arrays import ArrayDataset
 
 DIR_KINDS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "parquet", "webdataset")
 
@@ -35,7 +35,7 @@ PLAN_KINDS = {"imagefolder": ImageFolderSource, "parquet": HFParquetSource, "web
 
 
 class DigitsSource(Source):
-    """scikit-learn's bundled digits, 32×32 grayscale (see :mod:`sem_dist.data.digits` for why)."""
+    """scikit-learn's bundled digits, 32×32 grayscale (see :mod:`sem_dist.data.sources.digits` for why)."""
 
     kind = "digits"
     location = None
@@ -158,7 +158,7 @@ def load_dataset(uri: str, split: str | None = None, *, storage: StorageOptions 
                  on_bad_record: str = "fail") -> ArrayDataset:
     """A whole split in memory. Protected canonical datasets fill ``noise`` (when stored) and every
     canonical dataset puts its manifest dict in ``meta["manifest"]``."""
-    from .arrays import ArrayDataset
+    from ..arrays import ArrayDataset
 
     sp = open_split(uri, split, storage)
     policy = BadRecordPolicy(on_bad_record)

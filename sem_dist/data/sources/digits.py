@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .arrays import ArrayDataset
+from ..arrays import ArrayDataset
 
 SIDE = 32
 CLASSES = [str(d) for d in range(10)]

@@ -21,8 +21,8 @@ import sys
 
 import yaml
 
-from ..cli import run_command
 from ..data.storage import redact_uri
+from . import run_command
 
 # outputs a command's flags name, with what the user should know about each
 OUTPUT_FLAGS = {"out": "output", "checkpoint_dir": "checkpoints", "record": "record (JSON, on the driver's node)"}
@@ -163,7 +163,7 @@ def main(command: str, argv: list[str] | None = None) -> int:
     def run(a: argparse.Namespace) -> int:
         address = getattr(a, "address", None) or os.environ.get("RAY_ADDRESS")
         if address:  # submitted to a cluster (or pointed at one): join it before the command does
-            from .cluster import connect
+            from ..distributed.cluster import connect
 
             connect(address)
             report_package()  # every alive node has unpacked the working_dir once it returns

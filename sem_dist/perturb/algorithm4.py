@@ -8,6 +8,7 @@ worker computes it. Noise is stored as int8 = round(255·δ^u) and the protected
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -40,3 +41,37 @@ def regenerate(method, batches: Iterable[tuple[Sequence[str], np.ndarray, np.nda
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0)
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         yield ids, quantize(method.perturb(x, y, ids), method.cfg.budget.rho_u).cpu().numpy()
+
+
+@dataclass
+class NoiseStats:
+    """Running totals behind :func:`noise_stats`, so streamed (shard-by-shard) noise can be summarised
+    without ever holding all of it; ``merge`` combines the totals of separate shards or workers."""
+
+    max_abs: int = 0
+    sum_abs: int = 0
+    nonzero: int = 0
+    size: int = 0
+
+    def update(self, noise: np.ndarray) -> "NoiseStats":
+        a = np.abs(noise.astype(np.int16))
+        if a.size:
+            self.max_abs = max(self.max_abs, int(a.max()))
+            self.sum_abs += int(a.sum(dtype=np.int64))
+            self.nonzero += int(np.count_nonzero(a))
+            self.size += int(a.size)
+        return self
+
+    def merge(self, other: "NoiseStats") -> "NoiseStats":
+        return NoiseStats(max(self.max_abs, other.max_abs), self.sum_abs + other.sum_abs,
+                          self.nonzero + other.nonzero, self.size + other.size)
+
+    def result(self) -> dict:
+        n = max(self.size, 1)
+        return {"linf_levels": self.max_abs, "linf": self.max_abs / 255.0, "mean_abs_levels": self.sum_abs / n,
+                "fraction_nonzero": self.nonzero / n}
+
+
+def noise_stats(noise: np.ndarray) -> dict:
+    """Summary of int8 noise in grey levels and [0,1] units."""
+    return NoiseStats().update(noise).result()
