@@ -33,13 +33,13 @@ def digits_victims(seed: int) -> dict:
     """tests/test_victims_protected_digits.py and test_core_generator.py::test_sem_protected_digits_are_unlearnable."""
     import numpy as np
     import torch
+    from test_victims_protected_digits import EM, VICTIM
 
     from sem_dist.analysis.robustness import noise_robustness
     from sem_dist.commands.demo import DEMO_OVERRIDES
     from sem_dist.config import resolve_config
     from sem_dist.perturb.in_memory import protect_arrays
     from sem_dist.victims.train import VictimConfig, train_victim
-    from test_victims_protected_digits import EM, VICTIM
 
     cpu = torch.device("cpu")
     train, test = _digits()
@@ -72,12 +72,12 @@ def baselines(seed: int) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from test_baselines_methods import SIDE, _fit, _noise
 
     from sem_dist.data.arrays import ArrayDataset
     from sem_dist.perturb.algorithm4 import apply_noise
     from sem_dist.perturb.tap import tap_targets
     from sem_dist.victims.train import VictimConfig, train_victim
-    from test_baselines_methods import SIDE, _fit, _noise
 
     train, _ = _digits()
     x8 = torch.from_numpy(train.images).float()
@@ -112,13 +112,13 @@ def baselines(seed: int) -> dict:
 def noise_direction(seed: int) -> dict:
     """tests/test_core_noise_direction.py: the solver descends, its mirror ascends (margins in nats)."""
     import torch
+    from test_core_noise_direction import expected_loss
 
     from sem_dist.config import resolve_config
     from sem_dist.models import build_model
     from sem_dist.perturb.noise import NoiseSpec, solve_noise
-    from sem_dist.training.pgd import frozen
     from sem_dist.runtime.rng import BatchStream, make_generator
-    from test_core_noise_direction import expected_loss
+    from sem_dist.training.pgd import frozen
 
     out = {}
     for method in ("sem", "rem", "em"):
@@ -141,15 +141,15 @@ def small(seed: int) -> dict:
     """test_victims_options (early stopping), test_analysis_robustness (R_θ against the adversary's strength),
     test_core_layout (PGD under bf16 autocast)."""
     import torch
+    from test_analysis_robustness import TOY
+    from test_core_layout import RHO, _model, _setup
+    from test_victims_options import noisy
 
     from sem_dist.analysis.robustness import surrogate_robustness
     from sem_dist.config import resolve_config
     from sem_dist.models import build_model
     from sem_dist.training.pgd import frozen, pgd
     from sem_dist.victims.train import VictimConfig, train_victim
-    from test_analysis_robustness import TOY
-    from test_core_layout import RHO, _model, _setup
-    from test_victims_options import noisy
 
     cpu = torch.device("cpu")
     train, test = _digits()

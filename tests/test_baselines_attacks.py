@@ -9,8 +9,8 @@ from sem_dist.config import resolve_config
 from sem_dist.models import build_model
 from sem_dist.perturb.attacks import ATTACKS, apgd_checkpoints, get_attack
 from sem_dist.perturb.noise import NoiseSpec, solve_noise
-from sem_dist.training.pgd import frozen
 from sem_dist.runtime.rng import CounterStream, make_generator
+from sem_dist.training.pgd import frozen
 
 RHO = 8 / 255
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from sem_dist.config import resolve_config
 from sem_dist.data.arrays import ArrayDataset
-from sem_dist.perturb.methods import METHODS, get_method
 from sem_dist.perturb.algorithm4 import apply_noise, max_level, regenerate
+from sem_dist.perturb.methods import METHODS, get_method
 from sem_dist.perturb.sc import shortcut_patterns
 from sem_dist.perturb.tap import tap_targets
 from sem_dist.victims.train import VictimConfig, train_victim

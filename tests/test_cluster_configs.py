@@ -20,8 +20,8 @@ import pytest
 import ray
 import yaml
 
-from sem_dist.data.storage import refuse_credentials
 from sem_dist.commands import _job as jobs
+from sem_dist.data.storage import refuse_credentials
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"

@@ -330,12 +330,13 @@ def test_streamed_protect_resumes_exactly_on_another_node_layout(two_nodes, ray_
 
     import torch
 
-    from sem_dist.commands.protect import OVERRIDES
     from sem_dist.cli import build_parser
+    from sem_dist.commands.protect import OVERRIDES
     from sem_dist.config import resolve_config
     from sem_dist.data.storage import StorageOptions
-    from sem_dist.distributed.dataset import read_rows
     from sem_dist.distributed.algorithm1 import RayTrainOptions, fit_generator
+    from sem_dist.distributed.dataset import read_rows
+    from sem_dist.engine.spec import EngineSpec
 
     bucket = "layouts"
     data, ckpt = f"s3://{bucket}/data", f"s3://{bucket}/ckpt"
@@ -348,7 +349,8 @@ def test_streamed_protect_resumes_exactly_on_another_node_layout(two_nodes, ray_
         ds, info = read_rows(data, StorageOptions())
 
         def fit(name: str, **kw):
-            return fit_generator(cfg, ds, RayTrainOptions(workers=2, storage=ckpt, name=name, log_every_s=0, **kw),
+            return fit_generator(cfg, ds, RayTrainOptions(engine=EngineSpec(workers=2), checkpoint=ckpt, name=name,
+                                                          log_every_s=0, **kw),
                                  info=info)
 
         full, _ = fit("uninterrupted")

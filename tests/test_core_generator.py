@@ -7,11 +7,11 @@ import torch
 
 from sem_dist.config import resolve_config
 from sem_dist.data.arrays import ArrayDataset
-from sem_dist.perturb.generator import CHECKPOINT_NAME, load_checkpoint, train_generator
-from sem_dist.training.sampling import StepSampler
-from sem_dist.perturb.methods import get_method
 from sem_dist.perturb.algorithm4 import apply_noise, quantize
+from sem_dist.perturb.generator import CHECKPOINT_NAME, load_checkpoint, train_generator
 from sem_dist.perturb.in_memory import protect_arrays, regenerate_all
+from sem_dist.perturb.methods import get_method
+from sem_dist.training.sampling import StepSampler
 from sem_dist.victims.train import VictimConfig, train_victim
 
 CPU = torch.device("cpu")

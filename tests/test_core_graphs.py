@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from sem_dist.config import resolve_config
-from sem_dist.runtime.device import CapturedCall, graph_mode, trainer_layout
 from sem_dist.perturb.generator import GeneratorTraining
 from sem_dist.perturb.methods import get_method
 from sem_dist.perturb.noise import KeyedSolver, NoiseSpec, solve_noise
-from sem_dist.training.pgd import frozen
+from sem_dist.runtime.device import CapturedCall, graph_mode, trainer_layout
 from sem_dist.runtime.rng import CounterStream, row_keys
+from sem_dist.training.pgd import frozen
 
 CPU = torch.device("cpu")
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from sem_dist.config import resolve_config
-from sem_dist.runtime.device import (CPU_CHUNK_PIXELS, MIN_CHUNK_ROWS, prepare_model, resolve_amp, resolve_compile,
-                             resolve_pass_chunk, trainer_layout)
 from sem_dist.models import build_model
 from sem_dist.perturb.generator import GeneratorTraining
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
-from sem_dist.training.pgd import frozen, pgd
+from sem_dist.runtime.device import (CPU_CHUNK_PIXELS, MIN_CHUNK_ROWS, prepare_model, resolve_amp, resolve_compile,
+                                     resolve_pass_chunk, trainer_layout)
 from sem_dist.runtime.rng import CounterStream
+from sem_dist.training.pgd import frozen, pgd
 
 CPU = torch.device("cpu")
 RHO = 8 / 255

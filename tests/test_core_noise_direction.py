@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from sem_dist.config import resolve_config
 from sem_dist.models import build_model
 from sem_dist.perturb.noise import NoiseSpec, solve_noise
-from sem_dist.training.pgd import frozen
 from sem_dist.runtime.rng import BatchStream, make_generator, uniform_ball
+from sem_dist.training.pgd import frozen
 
 # Losses of a solved noise move with the CPU's kernels. `python tests/spread.py noise_direction` (seeds 0–2 of
 # model and images × native/AVX2 kernels): SEM and REM move the loss 0.035–0.058 nats either way, EM 0.16–0.33.

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from sem_dist.config import parse_fraction, resolve_config
 from sem_dist.models import build_model
 from sem_dist.perturb.noise import NoiseSpec, RepeatStream, noise_gradient, solve_noise
+from sem_dist.runtime.rng import BatchStream, CounterStream, make_generator, uniform_ball
 from sem_dist.training.pgd import frozen, pgd
 from sem_dist.training.transforms import crop_flip, get_transform, resized_crop_flip
-from sem_dist.runtime.rng import BatchStream, CounterStream, make_generator, uniform_ball
 
 RHO = 8 / 255
 

@@ -8,8 +8,8 @@ import torch
 from sem_dist.config import resolve_config
 from sem_dist.models import build_model
 from sem_dist.perturb.noise import NoiseSpec, solve_noise
-from sem_dist.training.pgd import frozen
 from sem_dist.runtime.rng import CounterStream, sample_key
+from sem_dist.training.pgd import frozen
 
 U64 = np.uint64
 

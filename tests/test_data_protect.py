@@ -120,7 +120,7 @@ def test_protect_bad_record_skip(tmp_path, cli, tiny_digits):
 
 def test_interrupted_protect_resumes(tmp_path, cli, small_data, monkeypatch):
     _, data = small_data
-    import sem_dist.stages.regenerate as stage
+    import sem_dist.engine.local as stage
 
     original, calls = stage.protect_chunk, {"n": 0}
 

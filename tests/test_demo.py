@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from sem_dist.analysis.demo_report import comparisons, pct_pm, seconds
-from sem_dist.data import load_dataset
 from sem_dist.commands.demo import DemoSettings, run_demo
+from sem_dist.data import load_dataset
 from sem_dist.victims.evaluate import mean_std
 
 PNG = b"\x89PNG\r\n\x1a\n"

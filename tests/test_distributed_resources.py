@@ -54,12 +54,12 @@ def test_a_driver_on_a_real_cluster_waits_for_the_autoscaler_then_fails(ray_clus
 
 def test_the_driver_takes_no_gpu_of_its_own_on_ray():
     """On Ray every GPU used is one Ray allocated: work left in the driver runs on its CPU unless asked."""
-    from sem_dist.protect_dataset import Engine
+    from sem_dist.engine.spec import EngineSpec
 
-    on_ray = [Engine.from_flags(2, None, 1.0, None), Engine.from_flags(None, 4, 0.0, None),
-              Engine.from_flags(None, None, 0.0, "ray://head:10001")]
+    on_ray = [EngineSpec(workers=2, gpus_per_worker=1.0), EngineSpec(regen_actors=4),
+              EngineSpec(address="ray://head:10001")]
     assert [e.driver_device("auto") for e in on_ray] == ["cpu"] * 3
-    assert Engine.from_flags(None, None, 0.0, None).driver_device("auto") == "auto"  # in-process: CUDA if present
+    assert EngineSpec().driver_device("auto") == "auto"  # in-process: CUDA if present
     assert on_ray[0].driver_device("cuda:1") == "cuda:1"  # an explicit choice is the user's
 
 

@@ -13,8 +13,8 @@ import torch
 
 from sem_dist.config import resolve_config
 from sem_dist.perturb.generator import train_generator
-from sem_dist.perturb.methods import get_method
 from sem_dist.perturb.in_memory import regenerate_all
+from sem_dist.perturb.methods import get_method
 
 ray = pytest.importorskip("ray")
 
@@ -28,10 +28,11 @@ def small(digits):
     return digits[0].subset(range(160))
 
 
-def _opts(tmp_path, **kw):
+def _opts(tmp_path, workers: int, **kw):
     from sem_dist.distributed.algorithm1 import RayTrainOptions
+    from sem_dist.engine.spec import EngineSpec
 
-    return RayTrainOptions(storage=str(tmp_path / "runs"), log_every_s=0, **kw)
+    return RayTrainOptions(engine=EngineSpec(workers=workers), checkpoint=str(tmp_path / "runs"), log_every_s=0, **kw)
 
 
 def _method_from(state, cfg, data):
@@ -114,10 +115,11 @@ def test_checkpoints_land_in_s3(ray_cluster, small, s3_env):
     import boto3
 
     from sem_dist.distributed.algorithm1 import RayTrainOptions, fit_generator
+    from sem_dist.engine.spec import EngineSpec
 
     endpoint, bucket = s3_env
     cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 4})
-    state, _ = fit_generator(cfg, small, RayTrainOptions(workers=2, storage=f"s3://{bucket}/runs", name="s3run",
+    state, _ = fit_generator(cfg, small, RayTrainOptions(engine=EngineSpec(workers=2), checkpoint=f"s3://{bucket}/runs", name="s3run",
                                                          log_every_s=0))
     assert state["step"] == 4
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(

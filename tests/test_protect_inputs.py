@@ -130,7 +130,7 @@ def test_which_split_a_source_without_split_gives(tmp_path, cli):
     train = hf_files(both, ["train-00000-of-00001.parquet"], rows=4)
     hf_files(both, ["test-00000-of-00001.parquet"], rows=3)
     from sem_dist.data.storage import StorageOptions
-    from sem_dist.stages.read import open_input
+    from sem_dist.engine.input import open_input
 
     inp = open_input(f"parquet:{both}", StorageOptions())
     assert inp.split.name == "train" and len(inp.plan.units) == 1

@@ -1,4 +1,4 @@
-"""Defences beyond the paper: each changes images as documented, the victim trains on what they make, and
+"""Defenses beyond the paper: each changes images as documented, the victim trains on what they make, and
 `sem-dist evaluate --defense` runs end to end with one-line errors for bad names and arguments."""
 from __future__ import annotations
 

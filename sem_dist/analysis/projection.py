@@ -28,9 +28,9 @@ import torch
 from ..data.arrays import ArrayDataset
 from ..perturb.methods import MinMinMax
 from ..perturb.noise import inner_perturbation, solve_noise
+from ..runtime.rng import CounterStream
 from ..training.pgd import frozen, pgd
 from ..training.transforms import get_transform
-from ..runtime.rng import CounterStream
 from ..victims.train import VictimConfig
 
 REM, SEM, VICTIM = "rem_adversarial", "sem_random", "victim_adversarial"

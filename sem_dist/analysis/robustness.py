@@ -35,11 +35,11 @@ import torch.nn.functional as F
 
 from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
-from ..runtime.device import resolve_amp
-from ..training.sampling import StepSampler
 from ..perturb.noise import NoiseSpec, solve_noise
-from ..training.pgd import frozen, pgd
+from ..runtime.device import resolve_amp
 from ..runtime.rng import BatchStream, make_generator, step_seed
+from ..training.pgd import frozen, pgd
+from ..training.sampling import StepSampler
 from ..victims.train import VictimConfig, train_victim
 
 

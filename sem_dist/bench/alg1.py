@@ -23,15 +23,14 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import resolve_config
-from ..runtime.device import cpu_summary, resolve_amp, resolve_device, trainer_layout
 from ..perturb.generator import GeneratorTraining
+from ..runtime.device import cpu_summary, resolve_amp, resolve_device, trainer_layout
 from ..training.pgd import frozen, input_gradient
 from .profile import StepProfile, instrument
 

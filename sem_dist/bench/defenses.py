@@ -1,4 +1,4 @@
-"""Victim test accuracy under each defence (``sem-dist evaluate --defense``) for clean, EM-, REM- and
+"""Victim test accuracy under each defense (``sem-dist evaluate --defense``) for clean, EM-, REM- and
 SEM-protected digits at CPU scale — where protection survives a sceptical data owner and where it does not.
 
 Data: scikit-learn's digits (1,437 train / 360 test, 32×32 grayscale). Generators: the demo's CPU-scale
@@ -7,8 +7,8 @@ J = 2, K_a = 3, ρ_a = 4/255; EM keeps its own J = 1 and no adversary). Victims:
 the standard crop+flip. ``grayscale`` and ``iss`` are left out on this one-channel data: grayscale is the
 identity there and ISS reduces to ``jpeg:10``, which is in the table.
 
-Output: the last stdout line is ``{"table": {method: {defence: test accuracy}}, ...}``; lower = the
-protection holds against that defence. ``--quick``: 8 victim epochs and five defences.
+Output: the last stdout line is ``{"table": {method: {defense: test accuracy}}, ...}``; lower = the
+protection holds against that defense. ``--quick``: 8 victim epochs and five defenses.
 """
 from __future__ import annotations
 
@@ -38,14 +38,14 @@ def overrides_for(method: str) -> dict:
 
 def victim_for(column: str, epochs: float, seed: int) -> VictimConfig:
     """A column name → victim config: ``adv:R`` is Madry adversarial training at R, ``A+adv:R`` composes."""
-    defences, adv = [], 0.0
+    defenses, adv = [], 0.0
     for part in column.split("+"):
         if part.startswith("adv:"):
             adv = parse_fraction(part[4:])
         elif part != "none":
-            defences.append(part)
+            defenses.append(part)
     return VictimConfig(arch="small_cnn", epochs=epochs, batch_size=64, seed=seed, adv_rho=adv, adv_steps=5,
-                        defenses=defences)
+                        defenses=defenses)
 
 
 def run(quick: bool = False, verbose: bool = True, *, methods: tuple[str, ...] = METHODS,

@@ -43,8 +43,8 @@ import torch
 from ..config import method_defaults, parse_fraction
 from ..data.sources.digits import load_digits
 from ..data.storage import open_location
-from ..perturb.methods import MinMinMax
 from ..perturb.algorithm4 import apply_noise
+from ..perturb.methods import MinMinMax
 from ..victims.evaluate import PAPER_SEEDS, mean_std
 from ..victims.train import VictimConfig, train_victim
 from .evidence import SCALE, VICTIM, generator_config

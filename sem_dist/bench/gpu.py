@@ -53,12 +53,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ProtectConfig, set_dotted
-from ..runtime.device import CapturedCall, graph_mode, prepare_for, resolve_device
 from ..models import build_model
 from ..perturb.generator import GeneratorTraining
 from ..perturb.noise import KeyedSolver, NoiseSpec
-from ..training.pgd import frozen, input_gradient
+from ..runtime.device import CapturedCall, graph_mode, prepare_for, resolve_device
 from ..runtime.rng import CounterStream
+from ..training.pgd import frozen, input_gradient
 from .alg1 import _timed
 
 WARMUP_STEPS = 2  # graphed variants: one eager call per graph, then the call that records it

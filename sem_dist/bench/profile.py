@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..runtime import rng
 from ..perturb import attacks, noise
+from ..runtime import rng
 from ..training import pgd, transforms
 
 PARTS = ("passes", "transform", "random", "project", "other")

@@ -104,10 +104,11 @@ def _generator(path: Path, steps: int, samples: int) -> str:
 
 
 def _regenerate(generator: str, data: str, out: str, actors: int | None) -> dict:
-    from ..protect_dataset import RegenerateRequest, regenerate_dataset
+    from ..engine.spec import EngineSpec, RunSpec
+    from ..protect.run import regenerate_dataset
 
-    m = regenerate_dataset(RegenerateRequest(generator=generator, data=data, out=out, regen_actors=actors,
-                                             device="cpu"))
+    m = regenerate_dataset(RunSpec(data=data, out=out, generator=generator, device="cpu",
+                                   engine=EngineSpec(regen_actors=actors)))
     return m.protection["regeneration"]
 
 

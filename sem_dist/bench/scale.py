@@ -61,16 +61,18 @@ STREAM_MIN_BYTES = 1 << 20  # every run: the splits here (tens of MiB) take the 
 
 def protect_pipeline(source: str, dest: str) -> int:
     """``sem-dist protect --data SOURCE --out DEST --workers 2 --stream``; returns the images written."""
-    from ..protect_dataset import ProtectRequest, protect
+    from ..engine.spec import EngineSpec, RunSpec
+    from ..protect.run import protect
 
-    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), workers=2, stream=True)).count
+    return protect(RunSpec(source, dest, overrides=dict(PROTECT), engine=EngineSpec(workers=2, stream=True))).count
 
 
 def protect_one_worker_pipeline(source: str, dest: str) -> int:
     """``sem-dist protect --data SOURCE --out DEST --stream`` (``--workers 1``, the default)."""
-    from ..protect_dataset import ProtectRequest, protect
+    from ..engine.spec import EngineSpec, RunSpec
+    from ..protect.run import protect
 
-    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), stream=True)).count
+    return protect(RunSpec(source, dest, overrides=dict(PROTECT), engine=EngineSpec(stream=True))).count
 
 
 def _cli_json(args: list[str]) -> dict:
@@ -113,16 +115,17 @@ def tune_pipeline(source: str, dest: str) -> int:
     if summary["trials"] != 2:
         raise RuntimeError(f"tune ran {summary['trials']} trials, not 2")
     from ..data.storage import StorageOptions
-    from ..stages.read import open_input
+    from ..engine.input import open_input
 
     return open_input(source, StorageOptions()).info.count
 
 
 def inprocess_protect_pipeline(source: str, dest: str) -> int:
     """The same protect with every stage in this process (no Ray flag), for comparison."""
-    from ..protect_dataset import ProtectRequest, protect
+    from ..engine.spec import RunSpec
+    from ..protect.run import protect
 
-    return protect(ProtectRequest(source, dest, overrides=dict(PROTECT), device="cpu")).count
+    return protect(RunSpec(source, dest, overrides=dict(PROTECT), device="cpu")).count
 
 
 def convert_pipeline(source: str, dest: str) -> int:

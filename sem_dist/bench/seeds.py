@@ -50,8 +50,8 @@ def add_arguments(g) -> None:
 
 def grid(settings, generator_seeds, victim_seeds, folder: Path, log) -> dict:
     """In this process's Ray: {data: {kind: {"g{G}v{V}" (or "v{V}" for clean): test accuracy}}}."""
-    from ..data.convert import convert
     from ..commands.demo import Generator, protect_cell, victim_cell
+    from ..data.convert import convert
     from ..distributed.cells import run_in_order, submit
 
     data = folder / "data"

@@ -54,8 +54,9 @@ def allreduce_seconds(numel: int, reps: int = 10) -> float:
 def run(quick: bool = False, verbose: bool = True) -> dict:
     import tempfile
 
-    from ..distributed.cluster import connect
     from ..distributed.algorithm1 import RayTrainOptions, fit_generator
+    from ..distributed.cluster import connect
+    from ..engine.spec import EngineSpec
 
     steps = 4 if quick else 12
     over = {"trainer.arch": "small_cnn", "trainer.batch_size": 64, "trainer.steps": steps,
@@ -66,8 +67,8 @@ def run(quick: bool = False, verbose: bool = True) -> dict:
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
-            _, metrics = fit_generator(cfg, data, RayTrainOptions(workers=workers, storage=tmp, name=f"w{workers}",
-                                                                  log_every_s=1e9))
+            _, metrics = fit_generator(cfg, data, RayTrainOptions(engine=EngineSpec(workers=workers), checkpoint=tmp,
+                                                                  name=f"w{workers}", log_every_s=1e9))
             rates[workers] = metrics["steps_per_s"]
             if verbose:
                 print(f"{workers} worker(s): {rates[workers]:.3f} steps/s", flush=True)

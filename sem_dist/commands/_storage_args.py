@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..data.storage import StorageOptions
 from ..distributed.resources import RESOURCE_TIMEOUT_HELP
+from ..engine.spec import EngineSpec, RunSpec
 
 URI_HELP = ("URIs: a local path, file://, s3://bucket/prefix or any fsspec URL. S3 credentials come from the "
             "standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --s3-profile, instance "
@@ -65,18 +66,19 @@ def add_verbose_argument(p) -> None:
                         "(same as SEM_DIST_DEBUG=1, which also shows tracebacks)")
 
 
-def cpus_per_worker(args) -> float:
-    """``--cpus-per-worker`` validated."""
-    if args.cpus_per_worker <= 0:
-        raise ValueError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
-    return args.cpus_per_worker
+def engine_spec(args) -> EngineSpec:
+    """The Ray engine flags above (and ``--stream``, where the command has it) as one validated spec."""
+    given = {"resource_timeout_s": args.resource_timeout} if args.resource_timeout is not None else {}
+    return EngineSpec(workers=getattr(args, "workers", None), regen_actors=args.regen_actors,
+                      gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                      address=args.address, shared_fs=args.shared_fs, stream=getattr(args, "stream", None), **given)
 
 
-def resource_timeout(args) -> float | None:
-    """``--resource-timeout`` validated (None: the default)."""
-    if args.resource_timeout is not None and args.resource_timeout < 0:
-        raise ValueError(f"--resource-timeout must be >= 0 seconds, got {args.resource_timeout:g}")
-    return args.resource_timeout
+def run_spec(args, **fields) -> RunSpec:
+    """The run a protect/regenerate command line asks for, built once (``fields``: the command's own)."""
+    return RunSpec(data=args.data, out=args.out, device=args.device, engine=engine_spec(args),
+                   storage=storage_options(args), resume=args.resume, overwrite=args.overwrite,
+                   on_bad_record=args.on_bad_record, shard_rows=args.shard_rows, keep_noise=args.keep_noise, **fields)
 
 
 def add_output_arguments(g) -> None:
@@ -90,12 +92,6 @@ def add_output_arguments(g) -> None:
                         "imagefolder/parquet/webdataset: ~64 MiB of pixels per shard, cut within each folder/file)")
     g.add_argument("--keep-noise", action="store_true",
                    help="also store the int8 noise per image (research only: it lets anyone undo the protection)")
-
-
-def check_counts(args, *flags: str) -> None:
-    for flag in flags:
-        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
 
 
 def summary(m) -> str:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ._storage_args import cpus_per_worker, resource_timeout
-
 
 def add_ray_train_arguments(g) -> None:
     g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -13,9 +11,3 @@ def add_ray_train_arguments(g) -> None:
                         "256 MiB of uint8 pixels or more, $SEM_DIST_STREAM_MIN_BYTES, and on Ray Train those of unknown "
                         "size; digits, mnist: and cifar: files load here). A larger input that cannot stream (tap, sc, "
                         "ntga; a batch size --workers does not divide) is refused unless --no-stream asks for the load")
-
-
-def ray_train_request_fields(args) -> dict:
-    """The flags above as ``ProtectRequest`` fields, validated."""
-    return {"cpus_per_worker": cpus_per_worker(args), "resource_timeout_s": resource_timeout(args),
-            "shared_fs": args.shared_fs, "stream": args.stream}

@@ -205,9 +205,9 @@ def run_projection(args) -> int:
     from ..analysis.projection import GROUPS, perturbation_groups, projection_analysis, resolve_projection
     from ..data import load_dataset
     from ..data.storage import open_location, redact_uri
-    from ..runtime.device import resolve_device
     from ..perturb.algorithm4 import apply_noise
     from ..perturb.in_memory import fit_method, regenerate_all
+    from ..runtime.device import resolve_device
     from ..runtime.progress import bar
     from ..victims.train import train_victim
 

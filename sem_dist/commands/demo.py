@@ -23,7 +23,7 @@ import numpy as np
 NAME = "demo"
 HELP = "protect the bundled digits with SEM and REM on an embedded Ray, evaluate victims, write a report"
 
-# The CPU-scale generator with a short M: the session fixture of the tests and the defences bench use it
+# The CPU-scale generator with a short M: the session fixture of the tests and the defenses bench use it
 # (the demo itself runs DemoSettings below, M = 100).
 DEMO_OVERRIDES = {"trainer.arch": "small_cnn", "trainer.steps": 60, "trainer.batch_size": 64,
                   "trainer.lr_step": 10 ** 9, "solver.steps": 5, "solver.samples": 2, "attack.steps": 3,
@@ -145,13 +145,14 @@ def _ray_summary() -> dict:
 
 def protect_cell(s: DemoSettings, g: Generator, train_uri: str, out_uri: str) -> dict:
     """A generator task: ``protect`` of the training set with ``g``'s method and seed, in this worker."""
-    from ..protect_dataset import ProtectRequest, protect
+    from ..engine.spec import RunSpec
+    from ..protect.run import protect
 
     t0 = time.perf_counter()
     # the stage's one bar is the driver's: a task's own bars would reach the console through Ray's log stream
     os.environ["SEM_DIST_PROGRESS"] = "0"
-    m = protect(ProtectRequest(data=train_uri, out=out_uri, method=g.method,
-                               overrides=s.generator_overrides(g.method, g.seed), overwrite=True))
+    m = protect(RunSpec(data=train_uri, out=out_uri, method=g.method,
+                        overrides=s.generator_overrides(g.method, g.seed), overwrite=True))
     p = m.protection
     return {"uri": out_uri, "seed": g.seed, "wall_s": time.perf_counter() - t0, "timings": p["timings"],
             "train_steps_per_s": p["train_steps_per_s"], "regeneration": p["regeneration"], "noise": p["noise"],
@@ -251,12 +252,12 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> dict:
     """Run every stage; returns the record written to ``report.json``."""
     from ..analysis.demo_report import NAMES, comparisons, write_report
     from ..analysis.figures import plot_victim_curves
+    from ..analysis.protection_grid import per_class_indices, save_protection_grid
     from ..data import load_dataset
     from ..data.convert import convert
-    from ..runtime.device import cpu_summary
     from ..distributed.storage import check_cluster_visible
+    from ..runtime.device import cpu_summary
     from ..runtime.progress import bar
-    from ..analysis.protection_grid import per_class_indices, save_protection_grid
 
     if not s.seeds:
         raise ValueError("give at least one seed")

@@ -4,7 +4,7 @@ The victim trains from scratch with SGD (lr 0.1, momentum 0.9, weight decay 5e-4
 80% of the steps) and the dataset's augmentation (crop + flip for 32×32, RandomResizedCrop + flip for
 large images). Low test accuracy means the protection works. Options mirror the paper's stress tests:
 adversarial training (--adv-rho), low-pass filters (--filter), early stopping with a partly clean
-validation set (--patience, --val-clean-ratio), partial poisoning (--poison-ratio, --mode), and defences
+validation set (--patience, --val-clean-ratio), partial poisoning (--poison-ratio, --mode), and defenses
 from the literature (--defense: JPEG, grayscale, bit-depth reduction, ISS, noise + blur, UEraser-style
 augmentation), all composable.
 
@@ -72,7 +72,7 @@ def add_arguments(p) -> None:
     p.add_argument("--filter", choices=("none", "mean", "median", "gaussian"), default="none",
                    help="3×3 low-pass filter on every training image before augmentation (default: %(default)s)")
     p.add_argument("--defense", action="append", default=[], metavar="NAME[:ARG]",
-                   help="a defence, repeatable or comma-separated, applied in order. Once on the training images: "
+                   help="a defense, repeatable or comma-separated, applied in order. Once on the training images: "
                         "jpeg:Q (Pillow JPEG re-compression at quality Q in 1-100, default 10), grayscale, "
                         "bdr:BITS (bit-depth reduction to 2^BITS grey levels, default 2), iss (grayscale then "
                         "jpeg:10), noise-blur:SIGMA (Gaussian noise of std SIGMA in [0,1] pixel units, e.g. 8/255 "
@@ -124,7 +124,7 @@ def add_arguments(p) -> None:
 
 def _pixel_bytes(data, storage) -> int | None:
     """Bytes of uint8 pixels the victims' data hold, from metadata alone (None: unknown before reading)."""
-    from ..stages.read import open_input
+    from ..engine.input import open_input
 
     sizes = [open_input(uri, storage).info.pixel_bytes for uri in (data.train, data.test, data.clean) if uri]
     return None if None in sizes else sum(sizes)

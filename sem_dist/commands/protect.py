@@ -24,8 +24,8 @@ OUT/_staging, or in a local cache folder / --checkpoint-dir for remote outputs).
 from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
-                            add_storage_arguments, add_verbose_argument, check_counts, storage_options)
-from ._train_args import add_ray_train_arguments, ray_train_request_fields
+                            add_storage_arguments, add_verbose_argument)
+from ._train_args import add_ray_train_arguments
 
 NAME = "protect"
 HELP = "train the noise generator and write a protected copy of a dataset"
@@ -93,17 +93,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..protect_dataset import ProtectRequest, protect
-    from ._storage_args import summary
+    from ..protect.run import protect
+    from ._storage_args import run_spec, summary
 
-    check_counts(args, "workers", "regen_actors", "shard_rows")
     overrides = {key: getattr(args, dest) for dest, key in OVERRIDES.items() if getattr(args, dest) is not None}
-    req = ProtectRequest(
-        data=args.data, out=args.out, method=args.method, overrides=overrides, config_file=args.config,
-        device=args.device, workers=args.workers, regen_actors=args.regen_actors,
-        gpus_per_worker=args.gpus_per_worker, address=args.address, resume=args.resume,
-        **ray_train_request_fields(args),
-        overwrite=args.overwrite, on_bad_record=args.on_bad_record, shard_rows=args.shard_rows,
-        keep_noise=args.keep_noise, checkpoint_dir=args.checkpoint_dir, storage=storage_options(args))
-    print(summary(protect(req)))
+    spec = run_spec(args, method=args.method, overrides=overrides, config_file=args.config,
+                    checkpoint_dir=args.checkpoint_dir)
+    print(summary(protect(spec)))
     return 0

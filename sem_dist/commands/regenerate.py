@@ -14,8 +14,7 @@ an interrupted run: every finished unit is kept and each input id is written exa
 from __future__ import annotations
 
 from ._storage_args import (URI_HELP, add_bad_record_argument, add_output_arguments, add_ray_arguments,
-                            add_storage_arguments, add_verbose_argument, check_counts, cpus_per_worker,
-                            resource_timeout, storage_options, summary)
+                            add_storage_arguments, add_verbose_argument, run_spec, summary)
 
 NAME = "regenerate"
 HELP = "apply a trained generator to a dataset (Algorithm 4 only) and write a protected copy"
@@ -36,15 +35,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..protect_dataset import RegenerateRequest, regenerate_dataset
+    from ..protect.run import regenerate_dataset
 
-    check_counts(args, "regen_actors", "shard_rows")
-    req = RegenerateRequest(
-        generator=args.generator, data=args.data, out=args.out, regen_actors=args.regen_actors,
-        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus_per_worker(args), address=args.address,
-        resource_timeout_s=resource_timeout(args), shared_fs=args.shared_fs,
-        resume=args.resume, overwrite=args.overwrite,
-        on_bad_record=args.on_bad_record, shard_rows=args.shard_rows, keep_noise=args.keep_noise,
-        device=args.device, storage=storage_options(args))
-    print(summary(regenerate_dataset(req)))
+    print(summary(regenerate_dataset(run_spec(args, generator=args.generator))))
     return 0

@@ -91,10 +91,11 @@ def run(args) -> int:
                         num_samples=args.num_samples, search=args.search, scheduler=args.scheduler,
                         max_concurrent=args.max_concurrent, storage=args.storage, name=args.name, resume=args.resume,
                         quick=args.quick, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
-                        gpus_per_trial=args.gpus_per_trial, resource_timeout_s=args.resource_timeout, subset=args.subset,
+                        gpus_per_trial=args.gpus_per_trial, subset=args.subset,
                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                         max_protect_s=args.max_protect_s, seed=args.seed, device=args.device, address=args.address,
-                        shared_fs=args.shared_fs, s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile)
+                        shared_fs=args.shared_fs, s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile,
+                        **({} if args.resource_timeout is None else {"resource_timeout_s": args.resource_timeout}))
     result = run_search(req)
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "stopped", "error", "unfinished")}
     print(f"{result.trials} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

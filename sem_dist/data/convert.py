@@ -14,8 +14,8 @@ from .canonical import MANIFEST, DatasetWriter, Manifest, ShardInfo, read_manife
 from .ledger import Ledger
 from .output import check_not_nested, prepare_output
 from .records import BadRecord, BadRecordPolicy, Chunk, rebatch
-from .sources.split import Split, source_record
 from .sources.registry import open_source, parse_spec
+from .sources.split import Split, source_record
 from .storage import Location, StorageOptions, file_identities, open_location
 
 if TYPE_CHECKING:  # torch stays out of processes that only convert (e.g. Ray tasks)

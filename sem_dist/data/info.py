@@ -1,6 +1,6 @@
 """What a reader knows about a split before (or without) reading its pixels.
 
-Shared by the in-process reader (:mod:`sem_dist.stages.read`) and the Ray Data readers
+Shared by the in-process reader (:mod:`sem_dist.engine.input`) and the Ray Data readers
 (``sem_dist.distributed.dataset.read_rows`` re-exports it, as the data-plane interface names it there).
 """
 from __future__ import annotations

@@ -28,26 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ProtectConfig
-from ..data.storage import DataError
+from ..data.storage import DataError, StorageOptions
+from ..engine.spec import EngineSpec
 from ..perturb.generator import CHECKPOINT_NAME, GeneratorTraining, iterate_steps, load_checkpoint, save_checkpoint
-from .resources import DEFAULT_RESOURCE_TIMEOUT_S
 from .stream import DEFAULT_SHUFFLE_BUFFER_ROWS
 
 
 @dataclass
 class RayTrainOptions:
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    storage: str = "~/sem_dist_runs"  # local folder or s3://bucket/prefix (see storage.default_checkpoint_uri)
-    name: str = "generator"  # the run's folder under storage; same (storage, name) + resume continues it
+    """One Algorithm-1 run on Ray Train: the engine's resources (``engine``, passed whole) and this run's own
+    settings."""
+
+    engine: EngineSpec = EngineSpec(workers=2)
+    checkpoint: str = "~/sem_dist_runs"  # local folder or s3://bucket/prefix (see storage.default_checkpoint_uri)
+    name: str = "generator"  # the run's folder under checkpoint; same (checkpoint, name) + resume continues it
     resume: bool = False
+    storage: StorageOptions = StorageOptions()  # how every node reaches an s3:// checkpoint folder
     max_failures: int = 2  # worker restarts (from the latest checkpoint) before the run fails
-    s3_endpoint: str | None = None
-    s3_profile: str | None = None  # a profile name each node resolves; never a secret
     log_every_s: float = 15.0
-    shared_fs: bool = False  # a local storage folder that every node of a multi-node cluster mounts
-    resource_timeout_s: float = DEFAULT_RESOURCE_TIMEOUT_S  # waiting for the autoscaler before failing
     shuffle_buffer_rows: int = DEFAULT_SHUFFLE_BUFFER_ROWS  # per worker, streamed datasets only
     on_bad_record: str = "fail"  # streamed datasets: rows whose "error" is set fail the run or are left out
     stop_after: int | None = None  # end after this many steps with a checkpoint (the run stays resumable)
@@ -203,7 +201,7 @@ def _feed_config(data, info, cfg: ProtectConfig, opts: RayTrainOptions) -> tuple
         raise ValueError(f"--on-bad-record must be one of {', '.join(BAD_RECORD_POLICIES)}, not {opts.on_bad_record!r}")
     if opts.shuffle_buffer_rows < 1:
         raise ValueError(f"the shuffle buffer must hold >= 1 rows, got {opts.shuffle_buffer_rows}")
-    rows = rows_per_worker(cfg.trainer.batch_size, opts.workers)
+    rows = rows_per_worker(cfg.trainer.batch_size, opts.engine.train_workers)
     good = data.map_batches(check_good_rows, fn_kwargs={"policy": opts.on_bad_record}, batch_format="numpy")
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # each epoch's shard order is deterministic: exact resume needs it
@@ -293,8 +291,7 @@ def _driver_bar(total: int, desc: str, steps_seen):
             ray.kill(steps_seen)
 
 
-def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str | None = None,
-                  info=None, callbacks: list | None = None) -> tuple[dict, dict]:
+def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, info=None, callbacks: list | None = None) -> tuple[dict, dict]:
     """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics.
     ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``;
     ``callbacks`` are ``ray.train.UserCallback``s of the run's controller (a Tune trial driving the run
@@ -307,24 +304,21 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
     from .resources import wait_for_resources
     from .storage import check_cluster_visible, run_exists, storage_for
 
-    if opts.workers < 1:
-        raise ValueError(f"--workers must be >= 1 for Ray Train, got {opts.workers}")
-    if opts.cpus_per_worker <= 0 or opts.gpus_per_worker < 0:
-        raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
-    storage_path, filesystem = storage_for(opts.storage, opts.s3_endpoint, opts.s3_profile)
-    connect(address)
-    check_cluster_visible({"checkpoint folder": opts.storage}, opts.shared_fs)
-    w, c, g = opts.workers, opts.cpus_per_worker, opts.gpus_per_worker
+    storage_path, filesystem = storage_for(opts.checkpoint, opts.storage.s3_endpoint, opts.storage.s3_profile)
+    engine = opts.engine
+    connect(engine.address)
+    check_cluster_visible({"checkpoint folder": opts.checkpoint}, engine.shared_fs)
+    w, c, g = engine.train_workers, engine.cpus_per_worker, engine.gpus_per_worker
     wait_for_resources(w * c, w * g, f"Algorithm 1 (--workers {w} × {c:g} CPU + {g:g} GPU)",
-                       opts.resource_timeout_s, units=w)
+                       engine.resource_timeout_s, units=w)
     if not opts.resume and run_exists(storage_path, filesystem, opts.name):
-        raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.storage}; "
+        raise FileExistsError(f"a run named {opts.name!r} already exists under {opts.checkpoint}; "
                               "pass --resume to continue it or choose another name")
     feed, datasets, dataset_config = _feed_config(data, info, cfg, opts)
     if datasets:  # streamed: Ray Data's read tasks need a CPU beside the workers, or the ingest never starts
         try:
             wait_for_resources(w * c + 1, w * g, f"Algorithm 1 streamed through Ray Data (--workers {w} × {c:g} CPU "
-                               "+ 1 CPU for its reads)", opts.resource_timeout_s)
+                               "+ 1 CPU for its reads)", engine.resource_timeout_s)
         except ValueError as exc:
             raise ValueError(f"{exc}; give --no-stream (one in-memory copy), fewer --workers or a smaller "
                              "--cpus-per-worker") from None
@@ -362,14 +356,14 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, address: str 
     return state, dict(result.metrics or {})
 
 
-def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptions,
-                           address: str | None = None, info=None, callbacks: list | None = None):
+def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptions, info=None,
+                           callbacks: list | None = None):
     """``pipeline.fit_method`` on Ray Train: the fitted method and Ray's last metrics. Methods without an
     Algorithm-1 generator (TAP, SC, NTGA) have nothing to spread across workers and fit in-process."""
     import sys
 
-    from ..perturb.methods import MinMinMax, get_method
     from ..perturb.in_memory import fit_method
+    from ..perturb.methods import MinMinMax, get_method
 
     method = get_method(cfg, *_dims(data, info), device)
     if not isinstance(method, MinMinMax):
@@ -378,6 +372,6 @@ def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptio
                              "not on a streamed dataset")
         print(f"sem-dist: {cfg.method} has no Algorithm-1 generator; fitting in this process", file=sys.stderr)
         return fit_method(cfg, data, device), {"workers": 1}
-    state, metrics = fit_generator(cfg, data, opts, address, info, callbacks)
+    state, metrics = fit_generator(cfg, data, opts, info, callbacks)
     method.load_state_dict({"model": state["model"]})
     return method, metrics

@@ -18,8 +18,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    from ..runtime.allocator import worker_env
     from ..data.storage import refuse_credentials
+    from ..runtime.allocator import worker_env
     from . import logs  # Ray's own console output goes to its log files unless SEM_DIST_DEBUG / --verbose
 
     # every worker of this job (Train, Data, Tune, tasks) starts with this package's malloc settings

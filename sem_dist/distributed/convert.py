@@ -15,13 +15,14 @@ import dataclasses
 
 from ..data.canonical import DatasetWriter, Manifest
 from ..data.convert import convert_targets, new_manifest, start_output
-from ..data.sources.plan import SourcePlan, portable_uri
 from ..data.records import BadRecord, BadRecordPolicy
+from ..data.sources.plan import SourcePlan, portable_uri
 from ..data.sources.registry import PLAN_KINDS
 from ..data.storage import DataError, Location, StorageOptions
 from ..data.unique import hashes_from_text, refuse_repeated_ids
-from ..stages.regenerate import Ledger
-from ..stages.units import RegenJob
+from ..engine.ledger import Ledger
+from ..engine.spec import EngineSpec
+from ..engine.units import RegenJob
 
 
 def convert_ray(spec: str, dest: str, shard_rows: int | None = None, on_bad_record: str = "fail",
@@ -53,7 +54,7 @@ def convert_plan(plan: SourcePlan, out: Location, storage: StorageOptions, shard
                  on_bad_record: str, resume: bool) -> Manifest:
     """One split of a plan source → a committed canonical dataset at ``out`` (see the module docstring)."""
     from .logs import progress_bars
-    from .regen_stages import RayRegenOptions, run_units
+    from .regen_stages import run_units
 
     image = plan.image_spec()
     info = plan.info(image)
@@ -70,7 +71,7 @@ def convert_plan(plan: SourcePlan, out: Location, storage: StorageOptions, shard
                    on_bad_record=on_bad_record, plan=plan, image=image, shard_rows=shard_rows)
     pending = [i for i in range(len(plan.units)) if i not in done]
     try:
-        results = [*done.values(), *run_units(job, pending, RayRegenOptions(progress=progress_bars()))]
+        results = [*done.values(), *run_units(job, pending, EngineSpec(), progress_bars())]
     except BadRecord:
         writer.clear()  # --on-bad-record fail: nothing half-written under DEST
         raise

@@ -6,7 +6,7 @@ Canonical datasets: ``read_parquet`` over the manifest's shards (a custom S3 end
 come out with ``error`` set (and a zero image) and the consumer applies ``--on-bad-record``. The
 manifest's per-shard sha256 is not checked on this path (``read_parquet`` streams row groups and never
 holds a whole shard); consumers that need it read whole shards, as regeneration does
-(:mod:`sem_dist.stages.regenerate`). Other source kinds are read by
+(:mod:`sem_dist.engine.local`). Other source kinds are read by
 ``sem_dist.distributed.source_rows.read_source_rows``.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..data.images import BadImage, ImageDecoder
 from ..data.info import DatasetInfo
 from ..data.sources.registry import parse_spec
 from ..data.storage import StorageOptions
-from ..stages.read import open_input
+from ..engine.input import open_input
 
 __all__ = ["DatasetInfo", "read_rows", "decode_rows"]
 

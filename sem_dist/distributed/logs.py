@@ -2,8 +2,8 @@
 with ``SEM_DIST_DEBUG=1`` or ``--verbose`` (which sets ``SEM_DIST_VERBOSE=1``).
 
 A driver that :func:`~sem_dist.distributed.cluster.connect` starts or joins Ray through prints only this
-package's lines and its progress bars (one per stage: ``stages.fit`` draws Algorithm 1's on Ray Train from
-rank 0's steps, ``protect_dataset`` Algorithm 4's on Ray Data from the finished units). Quiet means:
+package's lines and its progress bars (one per stage: ``algorithm1`` draws Algorithm 1's on Ray Train from
+rank 0's steps, ``engine`` Algorithm 4's on Ray Data from the finished units). Quiet means:
 
 - ``ray.init(log_to_driver=False)``: what workers and actors print (Ray Train's controller and worker lines,
   the core_worker notes of its ``PreemptionWatcher``, tracebacks of Ray's own threads, our workers' own

@@ -7,9 +7,9 @@ workers, so the model stage only ever computes while CPU stages fetch, decode an
                          ─▶ driver (one small row per shard)
 
 One row flows per output shard of a unit — the shards, names and rows of the in-process engine
-(:class:`~sem_dist.stages.regenerate.UnitInput`) — plus one *end* row per unit with its shard count, its
+(:class:`~sem_dist.engine.local.UnitInput`) — plus one *end* row per unit with its shard count, its
 skipped records, or the error that stopped it. The noise stage solves each shard with the function the
-in-process engine uses (``solve_noise``: batches formed inside the shard; a sample's noise depends on (seed,
+in-process engine uses (``perturb.algorithm4.chunk_noise``: batches formed inside the shard; a sample's noise depends on (seed,
 id)), so the bytes are the same for the same seed. Each noise actor has two shards in flight: the next one
 is already local when it returns the last, so it never waits on storage.
 
@@ -30,8 +30,8 @@ import numpy as np
 from ..data.canonical import ShardInfo, write_shard
 from ..data.records import BadRecord, BadRecordPolicy, Chunk
 from ..data.storage import DataError, open_location
-from ..stages.units import RegenJob, UnitInput, shard_id_hash
-from .resources import DEFAULT_RESOURCE_TIMEOUT_S
+from ..engine.spec import EngineSpec
+from ..engine.units import RegenJob, UnitInput, shard_id_hash
 
 # torch is imported only where the model runs (NoiseStage) and in the driver: the read and write actors
 # import this module without it
@@ -39,7 +39,7 @@ from .resources import DEFAULT_RESOURCE_TIMEOUT_S
 if TYPE_CHECKING:
     import ray.data
 
-    from ..stages.regenerate import UnitResult
+    from ..engine.ledger import UnitResult
 
 STAGES = ("read", "noise", "write")
 IO_CPUS = 1.0  # per read or write actor: one process decoding or encoding PNG on one core
@@ -54,16 +54,6 @@ def io_pool(model_cpus: float) -> tuple["ray.data.ActorPoolStrategy", float]:
     if ray.cluster_resources().get("CPU", 0.0) - model_cpus >= 2 * IO_CPUS:
         return ray.data.ActorPoolStrategy(min_size=1), IO_CPUS
     return ray.data.ActorPoolStrategy(size=1), 0.0
-
-
-@dataclass
-class RayRegenOptions:
-    actors: int = 2  # noise-stage actors (each holds one copy of the generator)
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0  # also the noise actor's torch threads
-    address: str | None = None  # Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)
-    progress: bool = True  # Ray Data's progress bars
-    resource_timeout_s: float = DEFAULT_RESOURCE_TIMEOUT_S  # how long an autoscaler gets to add the actors
 
 
 # ---- rows: one per output shard of a unit, plus the unit's end row (part = -1) -------------------------
@@ -117,9 +107,9 @@ class NoiseStage:
     def __init__(self, job: RegenJob, threads: int):
         import torch
 
-        from ..runtime.device import resolve_device
+        from ..engine.checkpoint import read_checkpoint
         from ..perturb.methods import method_from_state
-        from ..stages.fit import read_checkpoint
+        from ..runtime.device import resolve_device
 
         torch.set_num_threads(threads)  # Ray's default for an actor is 1 thread, whatever its CPUs
         self.job, self.device = job, resolve_device(job.device)
@@ -128,13 +118,13 @@ class NoiseStage:
         self.ready = time.time()  # the pool's start-up ends when its first actor gets here
 
     def __call__(self, batch: dict) -> dict:
-        from ..stages.regenerate import protected, solve_noise
+        from ..perturb.algorithm4 import chunk_noise, protected
 
         row, t0 = _one(batch), time.time()
         if row["part"] < 0:
             return {**batch, "noise_at": [[t0, time.time()]], "actor_ready": [self.ready]}
         chunk = _chunk(row)
-        images, stored, stats = protected(chunk, solve_noise(self.method, chunk, self.device), self.job.keep_noise)
+        images, stored, stats = protected(chunk, chunk_noise(self.method, chunk, self.device), self.job.keep_noise)
         return {**batch, "images": [images.tobytes()], "noise": [b"" if stored is None else stored.tobytes()],
                 "noise_stats": [json.dumps(dataclasses.asdict(stats))], "noise_at": [[t0, time.time()]],
                 "actor_ready": [self.ready]}
@@ -225,8 +215,8 @@ class _Units:
         self.ends: dict[int, dict] = {}
 
     def add(self, row: dict) -> "UnitResult | None":
+        from ..engine.ledger import UnitResult
         from ..perturb.algorithm4 import NoiseStats
-        from ..stages.regenerate import UnitResult
 
         unit = int(row["unit"])
         if row["error"]:
@@ -249,27 +239,28 @@ class _Units:
         return result
 
 
-def run_units(job: RegenJob, pending: list[int], opts: RayRegenOptions,
+def run_units(job: RegenJob, pending: list[int], engine: EngineSpec, progress: bool,
               stats: RayRegenStats | None = None) -> Iterator["UnitResult"]:
     """Run the ``pending`` units through the stages (read → noise → write; read → write for a conversion,
-    ``job.method_uri`` empty); yields each unit's result, its ledger entry written, once all its shards are."""
+    ``job.method_uri`` empty) with ``engine.actors`` model actors (Ray Data's own progress bars with
+    ``progress``); yields each unit's result, its ledger entry written, once all its shards are."""
     import ray
     import ray.data
 
-    from ..stages.regenerate import Ledger
+    from ..engine.ledger import Ledger
     from .cluster import connect
     from .resources import wait_for_resources
 
     if not pending:
         return
     stats = stats or RayRegenStats()
-    connect(opts.address)
-    cpus, gpus = opts.cpus_per_actor, opts.gpus_per_actor
-    actors = max(1, min(opts.actors, len(pending))) if job.method_uri else 0
+    connect(engine.address)
+    cpus, gpus = engine.cpus_per_worker, engine.gpus_per_worker
+    actors = max(1, min(engine.actors or 1, len(pending))) if job.method_uri else 0
     if actors:
-        wait_for_resources(actors * cpus, actors * gpus, f"{actors} regeneration actor(s)", opts.resource_timeout_s,
+        wait_for_resources(actors * cpus, actors * gpus, f"{actors} regeneration actor(s)", engine.resource_timeout_s,
                            units=actors)
-    ray.data.DataContext.get_current().enable_progress_bars = opts.progress
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     job = dataclasses.replace(job, device="cuda" if gpus > 0 else "cpu")
     pool, io_cpus = io_pool(actors * cpus)
     out = (ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))

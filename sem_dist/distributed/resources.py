@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 
-DEFAULT_RESOURCE_TIMEOUT_S = 600.0
+from ..engine.spec import DEFAULT_RESOURCE_TIMEOUT_S
+
 RESOURCE_TIMEOUT_HELP = ("seconds to wait for a Ray cluster's autoscaler to add the CPUs/GPUs a run needs "
                          "before failing (default 600; an embedded local Ray fails at once)")
 

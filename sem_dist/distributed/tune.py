@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_bytes
 from ..data.storage import StorageOptions, refuse_credentials
-
+from ..engine.spec import DEFAULT_RESOURCE_TIMEOUT_S
 from .search_space import Space, load_space, parse_space, protect_config, to_ray, victim_config
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -60,7 +60,7 @@ class SearchRequest:
     workers: int = 1  # Algorithm-1 workers per trial (> 1: Ray Train, one DDP worker per CPU)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # GPUs reserved for each trial's process (Algorithm 1 in the trial, 4, victim)
-    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
+    resource_timeout_s: float = DEFAULT_RESOURCE_TIMEOUT_S
     subset: int | None = None  # regenerate noise for / train victims on this many training samples
     grace_period: int = 1  # ASHA: victim epochs before a trial may be stopped
     reduction_factor: float = 2.0  # ASHA: keep the best 1/reduction_factor at each rung
@@ -191,9 +191,9 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     """Tune function trainable: read the data → generator → noise → victim, reporting after every victim epoch."""
     from ray import tune
 
-    from ..runtime.device import resolve_device
     from ..perturb.algorithm4 import apply_noise
     from ..perturb.in_memory import fit_method, regenerate_all
+    from ..runtime.device import resolve_device
     from ..victims.train import train_victim
     from .trial_phases import PHASE, VICTIM
 
@@ -206,14 +206,15 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     cfg = protect_config(settings.method, train.image_side, config)
     t0 = time.perf_counter()
     if settings.workers > 1:
+        from ..engine.spec import EngineSpec
         from .algorithm1 import RayTrainOptions, fit_method_distributed
         from .trial_phases import GeneratorProgress
 
         # same (storage, name) on a restarted trial: Ray Train continues from the generator's checkpoint
-        opts = RayTrainOptions(workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
-                               storage=f"{settings.storage}/generators", name=trial_id, resume=True,
-                               shared_fs=settings.shared_fs, s3_endpoint=settings.store.s3_endpoint,
-                               s3_profile=settings.store.s3_profile)
+        engine = EngineSpec(workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
+                            shared_fs=settings.shared_fs)
+        opts = RayTrainOptions(engine=engine, checkpoint=f"{settings.storage}/generators", name=trial_id, resume=True,
+                               storage=settings.store)
         # the trial is the Train run's driver: rank 0's reports reach Tune as generator-phase results
         method, _ = fit_method_distributed(cfg, train, device, opts, callbacks=[GeneratorProgress(METRIC)])
     else:
@@ -278,7 +279,7 @@ def _check(req: SearchRequest) -> None:
 def _image_side(req: SearchRequest) -> int:
     """The training images' side, from metadata: the driver reads no pixels (each trial reads its own data).
     --data and --test must have the same classes."""
-    from ..stages.read import open_input
+    from ..engine.input import open_input
 
     train_input = open_input(req.data, req.store())
     train, test = train_input.info, open_input(req.test, req.store()).info
@@ -332,12 +333,11 @@ def trial_resources(req: SearchRequest):
 def _refuse_impossible_trials(req: SearchRequest) -> None:
     """A trial no node can hold would wait in Tune's queue forever: fail at once on an embedded Ray, after
     --resource-timeout on a cluster that may autoscale, in one line naming the flags."""
-    from .resources import DEFAULT_RESOURCE_TIMEOUT_S, wait_for_resources
+    from .resources import wait_for_resources
 
-    timeout = DEFAULT_RESOURCE_TIMEOUT_S if req.resource_timeout_s is None else req.resource_timeout_s
     wait_for_resources(req.cpus_per_trial, req.gpus_per_trial,
                        f"a trial of --cpus-per-trial {req.cpus_per_trial:g} --gpus-per-trial {req.gpus_per_trial:g}",
-                       timeout, units=1)
+                       req.resource_timeout_s, units=1)
 
 
 def _concurrency(req: SearchRequest) -> int:

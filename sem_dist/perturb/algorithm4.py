@@ -14,6 +14,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..data.arrays import ArrayDataset
+from ..data.records import Chunk
+
 
 def max_level(rho_u: float) -> int:
     """Largest integer noise level within ±ρ_u (8 for 8/255; rounding never exceeds the budget)."""
@@ -75,3 +78,20 @@ class NoiseStats:
 def noise_stats(noise: np.ndarray) -> dict:
     """Summary of int8 noise in grey levels and [0,1] units."""
     return NoiseStats().update(noise).result()
+
+
+def chunk_noise(method, chunk: Chunk, device: torch.device) -> np.ndarray:
+    """Algorithm 4 over one output shard's records: int8 noise, solved in ``regen_batch_size`` batches formed
+    inside the shard (both engines form them alike, so block methods such as NTGA get the same blocks)."""
+    noise = np.empty(chunk.images.shape, dtype=np.int8)
+    pos = 0
+    batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
+    for ids, part in regenerate(method, batches, device):
+        noise[pos:pos + len(ids)] = part
+        pos += len(ids)
+    return noise
+
+
+def protected(chunk: Chunk, noise: np.ndarray, keep_noise: bool) -> tuple[np.ndarray, np.ndarray | None, NoiseStats]:
+    """A shard's protected images, the noise column to store (``--keep-noise``) and its noise totals."""
+    return apply_noise(chunk.images, noise), noise if keep_noise else None, NoiseStats().update(noise)

@@ -26,12 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ProtectConfig
-from ..runtime.device import CapturedCall, autocast, prepare_for
 from ..models import build_model, unwrap
+from ..runtime.device import CapturedCall, autocast, prepare_for
 from ..runtime.rng import RNG_SCHEME, CounterStream, row_keys, step_seed
+from ..training.pgd import frozen, pgd
 from ..training.sampling import StepSampler
 from .noise import NoiseSpec, solve_noise
-from ..training.pgd import frozen, pgd
 
 CHECKPOINT_NAME = "generator.pt"
 

@@ -13,9 +13,9 @@ import torch
 
 from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
-from .methods import NoiseMethod, get_method
-from .algorithm4 import apply_noise, regenerate
 from ..runtime.progress import bar
+from .algorithm4 import apply_noise, regenerate
+from .methods import NoiseMethod, get_method
 
 
 def fit_method(cfg: ProtectConfig, data: ArrayDataset, device: torch.device,

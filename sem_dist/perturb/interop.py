@@ -25,16 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .algorithm4 import apply_noise, max_level
 from ..data.arrays import ArrayDataset
 from ..data.canonical import DatasetWriter, Manifest
-from ..data.sources.cifar import restricted_unpickle
 from ..data.convert import default_shard_rows, new_manifest
 from ..data.output import check_not_nested, prepare_output
 from ..data.records import BadRecordPolicy, Chunk, rebatch
-from ..data.sources.split import source_record
+from ..data.sources.cifar import restricted_unpickle
 from ..data.sources.registry import load_dataset, open_split, parse_spec
+from ..data.sources.split import source_record
 from ..data.storage import DataError, Location, StorageOptions, open_location
+from .algorithm4 import apply_noise, max_level
 
 EXPORT_FORMATS = ("png", "npz", "pickle-int8")
 PICKLE_MAGIC = b"\x80"

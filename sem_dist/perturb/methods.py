@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ProtectConfig
-from ..runtime.device import prepare_for
 from ..models import build_model
+from ..runtime.device import prepare_for
 from ..runtime.rng import CounterStream
 from .base import NoiseMethod
 from .generator import GeneratorTraining, train_generator

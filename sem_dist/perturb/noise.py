@@ -22,9 +22,9 @@ import torch.nn as nn
 from ..config import ProtectConfig
 from ..runtime.device import CapturedCall, resolve_amp, resolve_pass_chunk
 from ..runtime.rng import CounterStream, uniform_ball
-from .attacks import get_attack
 from ..training.pgd import frozen, input_gradient, project
 from ..training.transforms import Transform, get_transform, repeat_rows
+from .attacks import get_attack
 
 
 class RepeatStream:

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime.rng import make_generator, step_seed
-from .base import NoiseMethod
 from ..training.pgd import project
+from .base import NoiseMethod
 
 KERNEL_DTYPE = torch.float64
 COS_MARGIN = 1e-9  # keeps arccos' derivative finite for identical or duplicate inputs

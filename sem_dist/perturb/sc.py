@@ -23,8 +23,8 @@ import math
 import torch
 
 from ..runtime.rng import make_generator, step_seed
-from .base import NoiseMethod
 from ..training.pgd import project
+from .base import NoiseMethod
 
 
 def separable_points(num_classes: int, dim: int, class_sep: float, generator: torch.Generator) -> torch.Tensor:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.device import prepare_model, resolve_amp
 from ..models import build_model
+from ..runtime.device import prepare_model, resolve_amp
 from ..runtime.rng import CounterStream
+from ..training.pgd import frozen, pgd
 from ..victims.train import VictimConfig, train_victim
 from .base import NoiseMethod
 from .generator import load_checkpoint, save_checkpoint
-from ..training.pgd import frozen, pgd
 
 SOURCE_CHECKPOINT = "tap_source.pt"
 

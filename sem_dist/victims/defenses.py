@@ -1,4 +1,4 @@
-"""Defences a victim may use against unlearnable examples beyond the paper's (``--defense NAME[:ARG]``).
+"""Defenses a victim may use against unlearnable examples beyond the paper's (``--defense NAME[:ARG]``).
 
 Two kinds, applied at different places of victim training (``train.py``):
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import parse_fraction
-from ..training.pgd import frozen
 from ..runtime.rng import step_seed
+from ..training.pgd import frozen
 from .filters import low_pass
 
 # ---- pre-processing (once, on uint8 images) -------------------------------------------------------------
@@ -248,7 +248,7 @@ def _sigma(text: str) -> float:
 
 @dataclass(frozen=True)
 class Defense:
-    """A defence's kind (``pre``: once on the training images; ``batch``: every minibatch), its argument
+    """A defense's kind (``pre``: once on the training images; ``batch``: every minibatch), its argument
     parser (None: takes no argument), default argument and, for ``pre``, ``apply(images, arg, seed)``."""
 
     kind: str
@@ -295,7 +295,7 @@ def parse_defenses(specs: Sequence[str]) -> list[DefenseSpec]:
 
 
 def preprocess(images: np.ndarray, defenses: Sequence[DefenseSpec], seed: int) -> np.ndarray:
-    """The pre-processing defences in the order given, on uint8 NCHW images."""
+    """The pre-processing defenses in the order given, on uint8 NCHW images."""
     for d in defenses:
         if d.kind == "pre":
             images = DEFENSES[d.name].apply(images, d.arg, seed)

@@ -7,10 +7,10 @@ for large images), and optional Madry adversarial training with radius ``adv_rho
 What the victim may do against the protection, in the order it happens:
 1. partial poisoning (Table 11): only ``poison_ratio`` of the set keeps its noise (``poisoning.py``);
 2. early stopping (Table 5): hold out a validation set, part of it clean (``early_stopping.py``);
-3. pre-processing defences, once on the training (and validation) images (``defenses.py``: JPEG,
+3. pre-processing defenses, once on the training (and validation) images (``defenses.py``: JPEG,
    grayscale, bit-depth reduction, ISS, noise + blur);
 4. a low-pass filter on every training image, before augmentation (Table 4, ``filters.py``);
-5. the standard augmentation, then a training-time augmentation defence (UEraser-style, ``defenses.py``),
+5. the standard augmentation, then a training-time augmentation defense (UEraser-style, ``defenses.py``),
    then adversarial training's PGD.
 The test set is never filtered: the score is accuracy on clean test images, as in the paper.
 """
@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.arrays import ArrayDataset
-from ..runtime.device import autocast, prepare_model
 from ..models import build_model
-from ..training.sampling import StepSampler
-from ..training.pgd import frozen, pgd
-from ..training.transforms import get_transform
+from ..runtime.device import autocast, prepare_model
 from ..runtime.rng import BatchStream, make_generator, step_seed
+from ..training.pgd import frozen, pgd
+from ..training.sampling import StepSampler
+from ..training.transforms import get_transform
 from .defenses import augmentation, parse_defenses, preprocess, ueraser_max
 from .early_stopping import EarlyStopping, holdout_validation
 from .filters import FILTERS, low_pass

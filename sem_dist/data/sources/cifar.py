@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..records import BadRecordPolicy
-from .split import Source, Split, chunked
 from ..storage import DataError, Location
+from .split import Source, Split, chunked
 
 # (module, name) an ndarray pickle refers to; numpy 1.x writes numpy.core.*, numpy 2.x numpy._core.*
 _ARRAY_GLOBALS = {

@@ -22,8 +22,8 @@ from .plan import DECODE_ROWS, RawRecord, SourcePlan, UnitReader, class_names, p
 
 UNIT_BYTES = 64 << 20  # a unit of parallel work: a file, or a run of a bigger file's row groups of ~this size
 _RANGE = "::rg"  # FILE::rgA-B: row groups [A, B) of FILE
-from .shardfiles import ShardFilesSource
 from ..storage import DataError, Location, StorageOptions, storage_errors
+from .shardfiles import ShardFilesSource
 
 
 @contextlib.contextmanager

@@ -14,11 +14,11 @@ from __future__ import annotations
 import posixpath
 from typing import Iterator
 
+from ..storage import DataError, Location, StorageOptions, storage_errors
 from .plan import OPTIONS as IMAGE_OPTIONS
 from .plan import (RawRecord, SourcePlan, UnitReader, check_options, class_names, image_options, portable_uri,
                    positive_int)
 from .split import Source, Split
-from ..storage import DataError, Location, StorageOptions, storage_errors
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 OPTIONS = ("classes",) + IMAGE_OPTIONS

@@ -9,8 +9,8 @@ import struct
 import numpy as np
 
 from ..records import BadRecordPolicy
-from .split import Source, Split, chunked
 from ..storage import DataError, Location
+from .split import Source, Split, chunked
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}

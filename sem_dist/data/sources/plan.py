@@ -17,11 +17,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..info import DatasetInfo
 from ..images import CHANNEL_MODES, BadImage, check_size, decode_image
+from ..info import DatasetInfo
 from ..records import BadRecordPolicy, Chunk
-from .split import Split, source_record
 from ..storage import DataError, Location, StorageOptions, open_location, storage_errors
+from .split import Split, source_record
 
 DECODE_ROWS = 64  # records per decode batch: small, so variable-size originals never pile up in memory
 RESIZE_RULE = "shorter side to S (bicubic), then the centre S×S crop"

@@ -16,13 +16,13 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..canonical import MANIFEST, READ_BATCH_ROWS, iter_dataset, read_manifest
+from ..records import BadRecordPolicy, Chunk, concat, rebatch
+from ..storage import DataError, StorageOptions, open_location, redact_uri, split_options
 from .cifar import CifarSource
 from .hfparquet import HFParquetSource
 from .imagefolder import ImageFolderSource
 from .mnist import MnistSource
-from ..records import BadRecordPolicy, Chunk, concat, rebatch
 from .split import Source, Split, chunked
-from ..storage import DataError, StorageOptions, open_location, redact_uri, split_options
 from .webdataset import WebDatasetSource
 
 if TYPE_CHECKING:  # torch stays out of processes that only read (e.g. Ray tasks)

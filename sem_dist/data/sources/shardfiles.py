@@ -10,10 +10,10 @@ import posixpath
 import re
 from abc import abstractmethod
 
+from ..storage import DataError, Location, StorageOptions, storage_errors
 from .plan import OPTIONS as IMAGE_OPTIONS
 from .plan import SourcePlan, check_options, image_options, positive_int
 from .split import Source, Split
-from ..storage import DataError, Location, StorageOptions, storage_errors
 
 _SPLIT_NAME = re.compile(r"^(?P<split>[A-Za-z][A-Za-z0-9_.]*?)-\d+(-of-\d+)?\.[a-z]+$")
 

@@ -16,9 +16,9 @@ import posixpath
 import tarfile
 from typing import Iterator
 
+from ..storage import DataError, Location, StorageOptions, storage_errors
 from .plan import RawRecord, SourcePlan, UnitReader, class_names, portable_uri
 from .shardfiles import ShardFilesSource
-from ..storage import DataError, Location, StorageOptions, storage_errors
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTS = ("cls", "txt", "json")

@@ -1,18 +1,23 @@
 """What Algorithm 4's CPU work needs, free of torch so that Ray's read and write actors never import it: the job
-as plain values, a unit read into its output shards (:class:`UnitInput`), and the shard names. The model's
-part is in :mod:`sem_dist.stages.regenerate`.
+as plain values, a unit read into its output shards (:class:`UnitInput`), the shard names, and which units a
+run has (:func:`unit_count`). The model's part is in :mod:`sem_dist.perturb.algorithm4`, the in-process run of
+whole units in :mod:`sem_dist.engine.local`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..data.canonical import SHARD_PREFIX, read_manifest, read_shard, shard_name
 from ..data.convert import default_shard_rows
-from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, Chunk, checked, concat, rebatch
+from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.storage import StorageOptions, open_location
 from ..data.unique import hashes_text
+
+if TYPE_CHECKING:
+    from .input import Input
+    from .ledger import UnitResult
 
 
 def unit_shard_name(index: int, part: int) -> str:
@@ -75,3 +80,17 @@ class UnitInput:
         rows = self.job.shard_rows or default_shard_rows(image.channels, image.height, image.width)
         for k, part in enumerate(rebatch(records, rows)):
             yield unit_shard_name(index, k), part
+
+
+def unit_count(inp: "Input", shard_rows: int | None) -> int | None:
+    """How many units regeneration runs over (one Ray task each), or None when the record stream is re-cut
+    into ``shard_rows`` units in this process instead."""
+    if inp.plan is not None:
+        return len(inp.plan.units)
+    if inp.canonical and shard_rows is None:
+        return len(inp.info.manifest.shards)
+    return None
+
+
+def pending_units(count: int, done: "dict[int, UnitResult]") -> list[int]:
+    return [i for i in range(count) if i not in done]

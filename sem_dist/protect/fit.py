@@ -1,5 +1,5 @@
-"""Fit stage (Algorithm 1, or whatever the method learns): in this process (``pipeline.fit_method``) or
-on Ray Train (``distributed.train.fit_method_distributed``) — same inputs, same fitted method.
+"""Fit stage (Algorithm 1, or whatever the method learns), on the engine the composer chose: in this process
+(``engine.local``) or on Ray Train (``distributed.engine``) — same inputs, same fitted method.
 
 The split reaches the fit one of three ways (:func:`choose_feed`, one line on stderr says which):
 - ``ray-data``: Ray Train workers (one with ``--workers 1``) stream it from storage through Ray Data
@@ -12,97 +12,56 @@ The split reaches the fit one of three ways (:func:`choose_feed`, one line on st
   workers cannot split evenly; digits and mnist:/cifar: files) is refused in one line before anything is
   written, and a split of unknown size stops loading at the threshold with the same kind of line.
 
-The fitted method is then saved as one small checkpoint (:func:`save_method`) next to the output's
-staging area: regeneration workers load it from there, and ``--resume`` skips fitting when it exists.
+The fitted method is then saved as one small checkpoint (``engine.checkpoint``) in the output's staging
+area: regeneration workers load it from there, and ``--resume`` skips fitting when it exists.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import posixpath
-from dataclasses import dataclass
+import sys
 
 import torch
 
 from ..config import ProtectConfig
 from ..data.info import STREAM_MIN_BYTES_ENV, SplitTooLarge, mib, stream_min_bytes
 from ..data.records import BadRecordPolicy
-from ..data.storage import DataError, Location, StorageOptions, open_location
-from ..perturb.methods import NoiseMethod
-from ..perturb.in_memory import fit_method
-from .read import Input, load_arrays
+from ..data.storage import DataError
+from ..engine.base import Engine
+from ..engine.input import Input, load_arrays
+from ..engine.spec import EngineSpec, RunSpec
+from ..perturb.methods import MinMinMax, NoiseMethod
 
-METHOD_CHECKPOINT = "method.pt"
 IN_PROCESS, OBJECT_STORE, RAY_DATA = "in-process", "object-store", "ray-data"  # the feeds (manifest train_feed)
 NOT_RAY_READABLE = ("Ray Data reads canonical datasets, imagefolder:, parquet: and webdataset:; bundled digits "
                     "and mnist:/cifar: files are small and read here")
 
 
-@dataclass
-class FitPlan:
-    workers: int = 1  # > 1: Ray Train with this many DDP workers
-    gpus_per_worker: float = 0.0
-    address: str | None = None
-    resume: bool = False
-    checkpoint_dir: str = ""  # Algorithm 1's own checkpoints (local folder, or s3:// for Ray Train)
-    storage: StorageOptions = StorageOptions()
-    cpus_per_worker: float = 1.0
-    resource_timeout_s: float | None = None  # None: distributed.resources.DEFAULT_RESOURCE_TIMEOUT_S
-    shared_fs: bool = False  # a local checkpoint folder every node of a multi-node cluster mounts
-    stream: bool | None = None  # Ray Train fed by Ray Data: None = by size (see choose_feed)
-
-
-def fit(cfg: ProtectConfig, inp: Input, device: torch.device, plan: FitPlan,
-        policy: BadRecordPolicy) -> tuple[NoiseMethod, dict]:
+def fit(spec: RunSpec, cfg: ProtectConfig, inp: Input, engine: Engine, feed: str, device: torch.device,
+        checkpoint: str) -> tuple[NoiseMethod, dict]:
     """The fitted method and the training metrics (workers, steps/s, resumed-from step, feed)."""
-    from ..distributed.algorithm1 import uses_ray_train
-
-    ray_train = uses_ray_train(plan.workers, plan.checkpoint_dir)
-    feed = choose_feed(cfg, inp, plan.workers, plan.stream, ray_train)
-    _say_feed(cfg, inp, plan.workers, plan.stream, feed)
-    # an explicit --no-stream loads whatever the size; otherwise a split of unknown size stops at the threshold
-    cap = None if plan.stream is False else stream_min_bytes()
-    if feed == IN_PROCESS:
-        data = load_arrays(inp, policy, cap, _stream_hint(cfg, inp, plan.workers))
-        method = fit_method(cfg, data, device, checkpoint_dir=plan.checkpoint_dir, resume=plan.resume)
-        return method, {"workers": 1, "feed": IN_PROCESS}
-    from ..distributed.algorithm1 import RayTrainOptions, fit_method_distributed
-    from ..runtime.progress import enabled
-
-    timeout = {} if plan.resource_timeout_s is None else {"resource_timeout_s": plan.resource_timeout_s}
-    opts = RayTrainOptions(workers=plan.workers, gpus_per_worker=plan.gpus_per_worker,
-                           cpus_per_worker=plan.cpus_per_worker, shared_fs=plan.shared_fs, resume=plan.resume,
-                           storage=plan.checkpoint_dir, s3_endpoint=plan.storage.s3_endpoint,
-                           s3_profile=plan.storage.s3_profile, on_bad_record=policy.mode, progress=enabled(),
-                           **timeout)
+    _say_feed(cfg, inp, spec.engine, feed)
     if feed == RAY_DATA:
-        from ..distributed.cluster import connect
-        from ..distributed.dataset import read_rows
-
-        connect(plan.address)  # before Ray Data's first call, which would otherwise start a default Ray itself
-        # the split open_input chose (?split=, the only one, or train), not the spec's bare default
-        ds, info = read_rows(inp.spec, plan.storage, inp.split.name or None)
-        method, metrics = fit_method_distributed(cfg, ds, device, opts, plan.address, info=info)
-        return method, {**metrics, "feed": RAY_DATA}
-    data = load_arrays(inp, policy, cap, _stream_hint(cfg, inp, plan.workers))
-    method, metrics = fit_method_distributed(cfg, data, device, opts, plan.address)
-    return method, {**metrics, "feed": OBJECT_STORE}
+        data = inp
+    else:  # an explicit --no-stream loads whatever the size; otherwise a split of unknown size stops at the threshold
+        cap = None if spec.engine.stream is False else stream_min_bytes()
+        data = load_arrays(inp, BadRecordPolicy(spec.on_bad_record), cap,
+                           _stream_hint(cfg, inp, spec.engine.train_workers))
+    method, metrics = engine.fit(spec, cfg, data, device, checkpoint)
+    return method, {**metrics, "feed": feed}
 
 
 def _streamable(cfg: ProtectConfig, workers: int) -> bool:
     """Only the Algorithm-1 generators stream, with a global batch the workers split evenly (distributed.stream)."""
-    from ..perturb.methods import MinMinMax
-
     return cfg.method in MinMinMax.names and cfg.trainer.batch_size % workers == 0
 
 
-def choose_feed(cfg: ProtectConfig, inp: Input, workers: int, stream: bool | None, ray_train: bool) -> str:
+def choose_feed(cfg: ProtectConfig, inp: Input, engine: EngineSpec, ray_train: bool) -> str:
     """How the fit gets the split: ``RAY_DATA``, ``OBJECT_STORE`` (Ray Train from one in-memory copy) or
     ``IN_PROCESS``. Streams an Algorithm-1 input of ``stream_min_bytes()`` or more (on Ray Train: of unknown
     size too); a larger split that cannot stream is refused in one line naming the way out, unless
     ``--no-stream`` asked for the load. Reads no pixels, so ``protect`` calls it before writing anything."""
     size, limit = inp.info.pixel_bytes, stream_min_bytes()
     big = size is not None and size >= limit
+    workers, stream = engine.train_workers, engine.stream
     check_stream(inp, stream)
     if stream and not _streamable(cfg, workers):
         raise ValueError(f"--stream needs an Algorithm-1 method and a batch size divisible by --workers "
@@ -118,8 +77,6 @@ def choose_feed(cfg: ProtectConfig, inp: Input, workers: int, stream: bool | Non
 
 def _stream_hint(cfg: ProtectConfig, inp: Input, workers: int) -> str:
     """What streams this split instead of loading it (the end of a refusal's line)."""
-    from ..perturb.methods import MinMinMax
-
     anyway = "or pass --no-stream to load it anyway"
     if not inp.ray_readable:
         return f"`sem-dist convert` it to a canonical dataset, which streams, {anyway}"
@@ -131,13 +88,10 @@ def _stream_hint(cfg: ProtectConfig, inp: Input, workers: int) -> str:
     return f"pass --stream (Ray Train fed by Ray Data), {anyway}"
 
 
-def _say_feed(cfg: ProtectConfig, inp: Input, workers: int, stream: bool | None, feed: str) -> None:
+def _say_feed(cfg: ProtectConfig, inp: Input, engine: EngineSpec, feed: str) -> None:
     """One line on stderr saying where the split goes (TAP/SC/NTGA on Ray Train say it themselves)."""
-    import sys
-
-    from ..perturb.methods import MinMinMax
-
     size, limit = inp.info.pixel_bytes, stream_min_bytes()
+    workers, stream = engine.train_workers, engine.stream
     if feed == RAY_DATA:
         how, why = "streamed from storage through Ray Data", ""
     else:
@@ -160,25 +114,3 @@ def check_stream(inp: Input, stream: bool | None) -> None:
     if stream and not inp.ray_readable:
         raise DataError(f"--stream: {inp.split.display} cannot stream ({NOT_RAY_READABLE}; "
                         "run `sem-dist convert` first)")
-
-
-def save_method(state: dict, folder: Location) -> None:
-    """Write a :func:`~sem_dist.perturb.methods.method_state` dict as ``folder/method.pt`` (whole or not at all)."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    folder.write_bytes(METHOD_CHECKPOINT, buf.getvalue())
-
-
-def read_checkpoint(uri: str, storage: StorageOptions, device: torch.device | str = "cpu") -> tuple[dict, str]:
-    """(state dict, sha256 of the file) of a checkpoint at a local path or any storage URI; loaded with
-    ``weights_only=True`` (plain tensors and builtins, nothing unpickled freely)."""
-    folder = open_location(posixpath.dirname(uri.rstrip("/")) or ".", storage)
-    name = posixpath.basename(uri.rstrip("/"))
-    data = folder.read_bytes(name)
-    try:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    except Exception as exc:  # not a torch file, or one holding more than tensors and builtins
-        raise DataError(f"{folder.child(name).display}: not a loadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise DataError(f"{folder.child(name).display}: not a checkpoint (a {type(state).__name__})")
-    return state, hashlib.sha256(data).hexdigest()

@@ -1,6 +1,7 @@
-"""Regenerate stage (Algorithm 4): the fitted method's noise for every sample, written as protected shards
-at their final keys in the output folder, one *unit* at a time (the manifest, written last by the commit
-stage, is what makes them a dataset; see ``data.canonical.DatasetWriter``).
+"""The in-process engine (:class:`LocalEngine`), and Algorithm 4's units as every engine runs them: the fitted
+method's noise for every sample, written as protected shards at their final keys in the output folder, one
+*unit* at a time (the manifest, written last by the commit stage, is what makes them a dataset; see
+``data.canonical.DatasetWriter``).
 
 Units are what the input already divides into, so any worker can run any unit knowing only the job:
 - a canonical input (no ``--shard-rows``): unit i is input shard i — read whole, checked against the
@@ -9,7 +10,7 @@ Units are what the input already divides into, so any worker can run any unit kn
   class folder, a Parquet file or a run of its row groups, a tar shard) — listed, fetched, decoded and
   resized to the working size in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB
   of pixels), each perturbed and written as soon as it is full, so memory holds one output shard, not the unit.
-A unit's work is three steps — :class:`UnitInput` (read into output shards), :func:`solve_noise` (the model),
+A unit's work is three steps — :class:`UnitInput` (read into output shards), :func:`~sem_dist.perturb.algorithm4.chunk_noise` (the model),
 :func:`write_part` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
 (:func:`regenerate_local`) and ``sem_dist.distributed.regen_stages`` runs as three Ray Data stages, so both
 engines write the same bytes for the same seed (noise depends on (seed, id); block methods such as NTGA on
@@ -27,81 +28,28 @@ stream, ``part-NNNNN-KKKKK`` for output shard K of plan unit N, so no name depen
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from ..config import ProtectConfig
 from ..data.arrays import ArrayDataset
 from ..data.canonical import ShardInfo, shard_name, write_shard
 from ..data.convert import shards_of
-from ..data.ledger import Ledger as RunLedger
 from ..data.records import BadRecordPolicy, Chunk
 from ..data.storage import Location, open_location
-from ..perturb.methods import NoiseMethod
-from ..perturb.algorithm4 import apply_noise, regenerate
-from ..perturb.algorithm4 import NoiseStats
+from ..perturb.algorithm4 import NoiseStats, chunk_noise, protected
+from ..perturb.in_memory import fit_method
+from ..perturb.methods import NoiseMethod, method_from_state
+from ..runtime.device import resolve_device
 from ..runtime.progress import bar
-from .read import Input
-from .units import RegenJob, UnitInput, shard_id_hash
-
-
-@dataclass
-class UnitResult:
-    """One finished unit, as its ledger entry records it."""
-
-    index: int
-    shards: list[ShardInfo] = field(default_factory=list)  # in order; none if every record was skipped
-    noise: NoiseStats = field(default_factory=NoiseStats)
-    skipped: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    id_hashes: list[str] = field(default_factory=list)  # per shard, for plan units (see the module docstring)
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
-
-    def add(self, info: ShardInfo, noise: NoiseStats, id_hash: str | None) -> None:
-        """One more output shard, in order (``id_hash``: its ids' hashes, for plan units)."""
-        self.shards.append(info)
-        self.noise = self.noise.merge(noise)
-        if id_hash is not None:
-            self.id_hashes.append(id_hash)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "UnitResult":
-        return cls(raw["index"], [ShardInfo(**s) for s in raw["shards"]], NoiseStats(**raw["noise"]),
-                   raw["skipped"], raw["seconds"], raw["id_hashes"])
-
-
-class Ledger(RunLedger):
-    """The run's ledger (``data.ledger``) with :class:`UnitResult` entries."""
-
-    def finished(self) -> dict[int, UnitResult]:
-        return {i: UnitResult.from_dict(e) for i, e in self.entries().items()}
-
-    def record(self, result: UnitResult) -> None:
-        super().record(dataclasses.asdict(result))
-
-
-def solve_noise(method: NoiseMethod, chunk: Chunk, device: torch.device) -> np.ndarray:
-    """Algorithm 4 over one output shard's records: int8 noise, solved in ``regen_batch_size`` batches formed
-    inside the shard (both engines form them alike, so block methods such as NTGA get the same blocks)."""
-    noise = np.empty(chunk.images.shape, dtype=np.int8)
-    pos = 0
-    batches = ArrayDataset(chunk.ids, chunk.images, chunk.labels, []).iter_batches(method.regen_batch_size())
-    for ids, part in regenerate(method, batches, device):
-        noise[pos:pos + len(ids)] = part
-        pos += len(ids)
-    return noise
-
-
-def protected(chunk: Chunk, noise: np.ndarray, keep_noise: bool) -> tuple[np.ndarray, np.ndarray | None, NoiseStats]:
-    """A shard's protected images, the noise column to store (``--keep-noise``) and its noise totals."""
-    return apply_noise(chunk.images, noise), noise if keep_noise else None, NoiseStats().update(noise)
+from .base import Fitted
+from .input import Input
+from .ledger import Ledger, UnitResult
+from .spec import RunSpec
+from .units import RegenJob, UnitInput, shard_id_hash, unit_count
 
 
 def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray, keep_noise: bool
@@ -114,7 +62,7 @@ def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray, keep_n
 def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, out: Location, name: str,
                   keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
     """Algorithm 4 over one shard's records, then its protected images (and noise) to ``out/name``."""
-    return write_part(out, name, chunk, solve_noise(method, chunk, device), keep_noise)
+    return write_part(out, name, chunk, chunk_noise(method, chunk, device), keep_noise)
 
 
 class UnitRunner:
@@ -136,20 +84,6 @@ class UnitRunner:
         result.skipped, result.seconds = policy.skipped, time.perf_counter() - t0
         Ledger(self.staging).record(result)
         return result
-
-
-def unit_count(inp: Input, shard_rows: int | None) -> int | None:
-    """How many units regeneration runs over (one Ray task each), or None when the record stream is re-cut
-    into ``shard_rows`` units in this process instead."""
-    if inp.plan is not None:
-        return len(inp.plan.units)
-    if inp.canonical and shard_rows is None:
-        return len(inp.info.manifest.shards)
-    return None
-
-
-def pending_units(count: int, done: dict[int, UnitResult]) -> list[int]:
-    return [i for i in range(count) if i not in done]
 
 
 def regenerate_local(method: NoiseMethod, inp: Input, job: RegenJob, done: dict[int, UnitResult],
@@ -184,3 +118,21 @@ def _recut_units(method, inp, job, done, device) -> Iterable[UnitResult]:
             Ledger(staging).record(result)
             yield result
         chunk, index = following, index + 1
+
+
+class LocalEngine:
+    """Both algorithms in this process: Algorithm 1 on the split in memory, Algorithm 4 unit after unit."""
+
+    def fit(self, spec: RunSpec, cfg: ProtectConfig, data: ArrayDataset | Input, device: torch.device,
+            checkpoint: str) -> tuple[NoiseMethod, dict]:
+        if not isinstance(data, ArrayDataset):
+            raise TypeError("the in-process engine fits on a split in memory, not a streamed one")
+        return fit_method(cfg, data, device, checkpoint_dir=checkpoint, resume=spec.resume), {"workers": 1}
+
+    def regenerate(self, spec: RunSpec, inp: Input, job: RegenJob, done: dict[int, UnitResult],
+                   fitted: Fitted) -> tuple[list[UnitResult], dict]:
+        device = resolve_device(spec.device_here)
+        method = fitted.method or method_from_state(fitted.state, device)
+        results = list(regenerate_local(method, inp, job, done, device))
+        return results, {"engine": "in-process", "actors": 1, "gpus_per_actor": spec.engine.gpus_per_worker,
+                         "cpus_per_actor": None}

@@ -1,8 +1,8 @@
-"""Read stage: a source spec → the split to protect and what is known about it without its pixels.
+"""A source spec → the split to protect and what is known about it without its pixels (the read stage's work).
 
 The Ray counterpart is :func:`sem_dist.distributed.dataset.read_rows` (the same :class:`DatasetInfo`).
 Only a fit below the streaming threshold ever holds the whole split (:func:`load_arrays`); regeneration streams it
-shard by shard, and Algorithm 1 on Ray Train streams large inputs through Ray Data (``stages.fit``).
+shard by shard, and Algorithm 1 on Ray Train streams large inputs through Ray Data (``protect.fit``).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 
 from ..data.arrays import ArrayDataset
 from ..data.info import STREAM_MIN_BYTES_ENV, DatasetInfo, SplitTooLarge, mib
-from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.records import BadRecordPolicy, concat
-from ..data.sources.split import Split, source_record
+from ..data.sources.plan import ImageSpec, SourcePlan
 from ..data.sources.registry import PLAN_KINDS, open_source, parse_spec
-from ..data.storage import DataError, Location, StorageOptions
+from ..data.sources.split import Split, source_record
+from ..data.storage import DataError, Location, StorageOptions, file_identities
 
 PLAN_SOURCES = tuple(PLAN_KINDS.values())
 
@@ -79,3 +79,10 @@ def load_arrays(inp: Input, policy: BadRecordPolicy, cap: int | None = None, hin
         chunks.append(chunk)
     data = concat(chunks)
     return ArrayDataset(data.ids, np.ascontiguousarray(data.images), data.labels, inp.split.classes)
+
+
+def input_files(inp: Input) -> dict[str, list] | None:
+    """Content identity of a file-backed input (image folders, Parquet, tars, MNIST/CIFAR files): each file's
+    size and ETag (object stores) or mtime (local files), by path under the source's root. Canonical inputs
+    need none: their manifest's per-shard sha256 is in the fingerprint and every shard is checked against it."""
+    return None if inp.canonical or inp.location is None else file_identities(inp.location)
