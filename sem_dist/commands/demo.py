@@ -201,7 +201,7 @@ def _cells(s: DemoSettings, data: Path, out: Path, n_train: int, gpus: float,
 
 def _noise(clean, protected) -> np.ndarray:
     """The int8 noise of ``protected`` (aligned to ``clean`` by id): protected − clean is exact, since
-    the solver keeps x + δ^u inside the pixel range (``perturb.pgd.project``)."""
+    the solver keeps x + δ^u inside the pixel range (``training.pgd.project``)."""
     where = {i: k for k, i in enumerate(protected.ids)}
     order = [where[i] for i in clean.ids]
     return (protected.images[order].astype(np.int16) - clean.images.astype(np.int16)).astype(np.int8)

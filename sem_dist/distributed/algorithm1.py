@@ -358,7 +358,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, info=None, ca
 
 def fit_method_distributed(cfg: ProtectConfig, data, device, opts: RayTrainOptions, info=None,
                            callbacks: list | None = None):
-    """``pipeline.fit_method`` on Ray Train: the fitted method and Ray's last metrics. Methods without an
+    """``perturb.in_memory.fit_method`` on Ray Train: the fitted method and Ray's last metrics. Methods without an
     Algorithm-1 generator (TAP, SC, NTGA) have nothing to spread across workers and fit in-process."""
     import sys
 

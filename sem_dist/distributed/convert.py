@@ -1,5 +1,5 @@
 """``sem-dist convert --ray``: a plan source → canonical shards, through the stages of Algorithm 4 on Ray Data
-without the model (``distributed.regenerate.run_units``: read → write).
+without the model (``distributed.regen_stages.run_units``: read → write).
 
 Each work unit of the source's plan (a class folder, a Parquet file or a range of its row groups, a tar
 shard) is read, decoded and cut into output shards of ``--shard-rows`` rows by a CPU actor; CPU actors

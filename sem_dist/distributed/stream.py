@@ -7,7 +7,7 @@ per epoch, in an order Ray Data keeps deterministic (``preserve_order``). Rows p
 at the epoch's end the rest leave in a random order. The draws come from (seed, epoch, rank), so an epoch's
 order is a pure function of those and of the shard, and a resumed worker replays its epoch from the start,
 discarding the rows it had already consumed (reading is cheap next to the K_u·J + K_a gradient passes
-each row costs). Steps run across epoch ends without dropping rows, as ``generator.StepSampler`` does.
+each row costs). Steps run across epoch ends without dropping rows, as ``training.sampling.StepSampler`` does.
 
 Nothing here imports Ray: ``epoch_batches`` is any callable returning one pass of numpy batches.
 """
