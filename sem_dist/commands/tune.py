@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 
-from ._storage_args import URI_HELP, add_shared_fs_argument, add_storage_arguments, add_verbose_argument
+from ._storage_args import (URI_HELP, add_shared_fs_argument, add_storage_arguments, add_verbose_argument,
+                            storage_options)
 
 NAME = "tune"
 HELP = "search ρ_r, J, M (any config field) by victim accuracy on Ray Tune"
@@ -94,7 +95,7 @@ def run(args) -> int:
                         gpus_per_trial=args.gpus_per_trial, subset=args.subset,
                         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                         max_protect_s=args.max_protect_s, seed=args.seed, device=args.device, address=args.address,
-                        shared_fs=args.shared_fs, s3_endpoint=args.s3_endpoint, s3_profile=args.s3_profile,
+                        shared_fs=args.shared_fs, store=storage_options(args),
                         **({} if args.resource_timeout is None else {"resource_timeout_s": args.resource_timeout}))
     result = run_search(req)
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "stopped", "error", "unfinished")}

@@ -67,7 +67,7 @@ def convert_plan(plan: SourcePlan, out: Location, storage: StorageOptions, shard
     ledger = Ledger(writer.staging)
     done = ledger.finished()
     job = RegenJob(out_uri=portable_uri(out), staging_uri=portable_uri(writer.staging), method_uri="",
-                   s3_endpoint=storage.s3_endpoint, s3_profile=storage.s3_profile, keep_noise=False,
+                   storage=storage, keep_noise=False,
                    on_bad_record=on_bad_record, plan=plan, image=image, shard_rows=shard_rows)
     pending = [i for i in range(len(plan.units)) if i not in done]
     try:

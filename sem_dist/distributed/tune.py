@@ -69,11 +69,7 @@ class SearchRequest:
     device: str = "auto"
     address: str | None = None
     shared_fs: bool = False  # a local storage folder every node of the cluster mounts
-    s3_endpoint: str | None = None
-    s3_profile: str | None = None  # a profile name the driver and every trial's node resolve; never a secret
-
-    def store(self) -> StorageOptions:
-        return StorageOptions(self.s3_endpoint, self.s3_profile)
+    store: StorageOptions = StorageOptions()  # endpoint and profile the driver and every trial's node resolve
 
 
 @dataclass
@@ -281,8 +277,8 @@ def _image_side(req: SearchRequest) -> int:
     --data and --test must have the same classes."""
     from ..engine.input import open_input
 
-    train_input = open_input(req.data, req.store())
-    train, test = train_input.info, open_input(req.test, req.store()).info
+    train_input = open_input(req.data, req.store)
+    train, test = train_input.info, open_input(req.test, req.store).info
     if train.classes != test.classes:
         raise ValueError(f"--data and --test have different classes ({len(train.classes)} vs {len(test.classes)})")
     size, limit = train.pixel_bytes, stream_min_bytes()
@@ -417,7 +413,7 @@ def run_search(req: SearchRequest) -> SearchResult:
     from .storage import check_cluster_visible, storage_for
 
     _check(req)
-    store = req.store()
+    store = req.store
     storage_path, fs = storage_for(req.storage, store.s3_endpoint, store.s3_profile)
     exp_path = f"{storage_path}/{req.name}"
     exp_uri = f"{req.storage.rstrip('/')}/{req.name}" if fs is not None else exp_path

@@ -34,7 +34,7 @@ class RegenJob:
     out_uri: str  # shards go here, at their final keys
     staging_uri: str  # the ledger
     method_uri: str  # the frozen method; "" for a conversion (no noise)
-    s3_endpoint: str | None
+    storage: StorageOptions  # endpoint and profile name each node resolves itself; never a secret
     keep_noise: bool
     on_bad_record: str
     input_uri: str = ""  # a canonical input's folder, or:
@@ -42,11 +42,6 @@ class RegenJob:
     image: ImageSpec | None = None  # the plan's geometry, fixed by the driver so every unit decodes alike
     shard_rows: int | None = None  # rows per output shard of a plan unit (None: default_shard_rows)
     device: str = "cpu"
-    s3_profile: str | None = None  # a profile name each node resolves itself; never a secret
-
-    @property
-    def storage(self) -> StorageOptions:
-        return StorageOptions(self.s3_endpoint, self.s3_profile)
 
 
 def shard_id_hash(job: RegenJob, chunk: Chunk) -> str | None:

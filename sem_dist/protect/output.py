@@ -95,7 +95,7 @@ class Output:
                   {"input_uri": worker_uri(inp.split.location)} if inp.canonical else {})
         return RegenJob(out_uri=worker_uri(self.out), staging_uri=staging,
                         method_uri=f"{staging}/{METHOD_CHECKPOINT}",
-                        s3_endpoint=spec.storage.s3_endpoint, s3_profile=spec.storage.s3_profile,
+                        storage=spec.storage,
                         keep_noise=spec.keep_noise, on_bad_record=spec.on_bad_record, shard_rows=spec.shard_rows,
                         **source)
 
