@@ -84,3 +84,26 @@ def test_the_check_sees_function_level_and_relative_imports():
     """The graph is read as the code is written: an import inside a function and ``from . import x`` count."""
     assert "sem_dist.distributed.logs" in GRAPH["sem_dist.distributed.cluster"]  # `from . import logs`, in a function
     assert "sem_dist.distributed.engine" in GRAPH["sem_dist.protect.run"]
+
+
+# what a stage may take from the storage layers: errors, types and pure functions of URIs, never an operation on OUT
+STAGE_MAY_IMPORT = {"sem_dist.data.storage": {"DataError", "redact_uri"}, "sem_dist.data.canonical": {"Manifest"}}
+OUTPUT_MODULES = ("sem_dist.data.storage", "sem_dist.data.canonical", "sem_dist.data.ledger", "sem_dist.data.output",
+                  "sem_dist.data.unique")
+OUTPUT_NAMES = {"sem_dist.engine.ledger.Ledger", "sem_dist.engine.checkpoint.save_method"}
+
+
+def test_the_stages_reach_the_output_only_through_output():
+    """docs/architecture.md: OUT's staging area, ledger and commit belong to ``protect.output.Output``; the other
+    modules of ``protect/`` import nothing from storage but errors, types and URI redaction."""
+    found = []
+    for module in sorted(m for m in MODULES if m.startswith("sem_dist.protect.") and m != "sem_dist.protect.output"):
+        here = module.split(".")[:-1]
+        for node in ast.walk(ast.parse(MODULES[module].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                target = ".".join(here[:len(here) - node.level + 1] + [node.module or ""])
+                for alias in node.names:
+                    output_side = target in OUTPUT_MODULES or f"{target}.{alias.name}" in OUTPUT_NAMES
+                    if output_side and alias.name not in STAGE_MAY_IMPORT.get(target, set()):
+                        found.append(f"{module}: {target}.{alias.name}")
+    assert found == []
