@@ -119,8 +119,8 @@ def test_checkpoints_land_in_s3(ray_cluster, small, s3_env):
 
     endpoint, bucket = s3_env
     cfg = resolve_config("sem", 32, overrides={**TINY, "trainer.steps": 4})
-    state, _ = fit_generator(cfg, small, RayTrainOptions(engine=EngineSpec(workers=2), checkpoint=f"s3://{bucket}/runs", name="s3run",
-                                                         log_every_s=0))
+    opts = RayTrainOptions(engine=EngineSpec(workers=2), checkpoint=f"s3://{bucket}/runs", name="s3run", log_every_s=0)
+    state, _ = fit_generator(cfg, small, opts)
     assert state["step"] == 4
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
         Bucket=bucket, Prefix="runs/s3run/")["Contents"]]

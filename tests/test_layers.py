@@ -22,7 +22,7 @@ MODULES = {_module(p): p for p in ROOT.rglob("*.py")}
 
 
 def _package(module: str) -> str:
-    """The floor a module lives on: ``sem_dist.data.sources.cifar`` → ``data``; the package's face → ``sem_dist``."""
+    """The floor a module lives on: ``sem_dist.data.sources.cifar`` → ``data``; the package face → ``sem_dist``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "sem_dist"
 

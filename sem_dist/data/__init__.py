@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "load_dataset": "sources.registry", "iter_batches": "sources.registry", "open_split": "sources.registry", "open_source": "sources.registry", "parse_spec": "sources.registry",
+    "load_dataset": "sources.registry", "iter_batches": "sources.registry", "open_split": "sources.registry",
+    "open_source": "sources.registry", "parse_spec": "sources.registry",
     "read_shard": "canonical", "write_shard": "canonical", "read_manifest": "canonical",
     "iter_dataset": "canonical", "DatasetWriter": "canonical", "Manifest": "canonical", "ShardInfo": "canonical",
     "convert": "convert", "save_dataset": "convert", "export_imagefolder": "export",

@@ -291,7 +291,8 @@ def _driver_bar(total: int, desc: str, steps_seen):
             ray.kill(steps_seen)
 
 
-def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, info=None, callbacks: list | None = None) -> tuple[dict, dict]:
+def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, info=None,
+                  callbacks: list | None = None) -> tuple[dict, dict]:
     """Run Algorithm 1 on Ray Train; returns the final checkpoint's state dict and the last metrics.
     ``data`` is an in-memory dataset or an image-rows ``ray.data.Dataset`` with its ``DatasetInfo``;
     ``callbacks`` are ``ray.train.UserCallback``s of the run's controller (a Tune trial driving the run

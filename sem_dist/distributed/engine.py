@@ -15,7 +15,7 @@ from ..runtime.progress import bar, enabled
 from .algorithm1 import RayTrainOptions, fit_method_distributed
 from .cluster import connect
 from .logs import native_stderr_to_log, progress_bars
-from .regen_stages import RayRegenStats, run_units
+from .regen_stages import RayRegenStats, model_actors, run_units
 
 
 class RayEngine:
@@ -39,7 +39,7 @@ class RayEngine:
         pending = pending_units(unit_count(inp, spec.shard_rows), done)
         if pending:  # Ray's start-up lines come before the bar, not through it
             connect(engine.address)
-        new, actors = [], max(1, min(engine.actors, len(pending)))
+        new, actors = [], model_actors(engine, pending)
         method = fitted.state["config"]["method"]
         with native_stderr_to_log(), bar(inp.info.count, f"{method}: protect (Alg. 4, Ray Data × {actors})",
                                          unit="img") as pb:

@@ -9,8 +9,8 @@ workers, so the model stage only ever computes while CPU stages fetch, decode an
 One row flows per output shard of a unit — the shards, names and rows of the in-process engine
 (:class:`~sem_dist.engine.local.UnitInput`) — plus one *end* row per unit with its shard count, its
 skipped records, or the error that stopped it. The noise stage solves each shard with the function the
-in-process engine uses (``perturb.algorithm4.chunk_noise``: batches formed inside the shard; a sample's noise depends on (seed,
-id)), so the bytes are the same for the same seed. Each noise actor has two shards in flight: the next one
+in-process engine uses (``perturb.algorithm4.chunk_noise``: batches formed inside the shard; a sample's noise
+depends on (seed, id)), so the bytes are the same for the same seed. Each noise actor has two shards in flight: the next one
 is already local when it returns the last, so it never waits on storage.
 
 The driver holds metadata only: unit numbers go in, one small row per written shard comes back; once all of
@@ -239,6 +239,11 @@ class _Units:
         return result
 
 
+def model_actors(engine: EngineSpec, pending: list[int]) -> int:
+    """The noise stage's actors for ``pending`` units: ``engine.actors``, never more than there are units."""
+    return max(1, min(engine.actors or 1, len(pending)))
+
+
 def run_units(job: RegenJob, pending: list[int], engine: EngineSpec, progress: bool,
               stats: RayRegenStats | None = None) -> Iterator["UnitResult"]:
     """Run the ``pending`` units through the stages (read → noise → write; read → write for a conversion,
@@ -256,7 +261,7 @@ def run_units(job: RegenJob, pending: list[int], engine: EngineSpec, progress: b
     stats = stats or RayRegenStats()
     connect(engine.address)
     cpus, gpus = engine.cpus_per_worker, engine.gpus_per_worker
-    actors = max(1, min(engine.actors or 1, len(pending))) if job.method_uri else 0
+    actors = model_actors(engine, pending) if job.method_uri else 0
     if actors:
         wait_for_resources(actors * cpus, actors * gpus, f"{actors} regeneration actor(s)", engine.resource_timeout_s,
                            units=actors)

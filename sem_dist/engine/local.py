@@ -10,8 +10,8 @@ Units are what the input already divides into, so any worker can run any unit kn
   class folder, a Parquet file or a run of its row groups, a tar shard) — listed, fetched, decoded and
   resized to the working size in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB
   of pixels), each perturbed and written as soon as it is full, so memory holds one output shard, not the unit.
-A unit's work is three steps — :class:`UnitInput` (read into output shards), :func:`~sem_dist.perturb.algorithm4.chunk_noise` (the model),
-:func:`write_part` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
+A unit's work is three steps — :class:`UnitInput` (read into output shards), ``perturb.algorithm4.chunk_noise``
+(the model), ``data.canonical.write_shard`` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
 (:func:`regenerate_local`) and ``sem_dist.distributed.regen_stages`` runs as three Ray Data stages, so both
 engines write the same bytes for the same seed (noise depends on (seed, id); block methods such as NTGA on
 blocks formed inside an output shard).
@@ -31,7 +31,6 @@ from __future__ import annotations
 import time
 from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 
 from ..config import ProtectConfig
@@ -52,17 +51,12 @@ from .spec import RunSpec
 from .units import RegenJob, UnitInput, shard_id_hash, unit_count
 
 
-def write_part(out: Location, name: str, chunk: Chunk, noise: np.ndarray, keep_noise: bool
-               ) -> tuple[ShardInfo, NoiseStats]:
-    """One output shard's protected images (and noise) encoded and written to ``out/name``."""
-    images, stored, stats = protected(chunk, noise, keep_noise)
-    return write_shard(out, name, chunk.ids, images, chunk.labels, stored), stats
-
-
 def protect_chunk(method: NoiseMethod, chunk: Chunk, device: torch.device, out: Location, name: str,
                   keep_noise: bool) -> tuple[ShardInfo, NoiseStats]:
-    """Algorithm 4 over one shard's records, then its protected images (and noise) to ``out/name``."""
-    return write_part(out, name, chunk, chunk_noise(method, chunk, device), keep_noise)
+    """Algorithm 4 over one shard's records, then its protected images (and noise) encoded and written to
+    ``out/name``."""
+    images, stored, stats = protected(chunk, chunk_noise(method, chunk, device), keep_noise)
+    return write_shard(out, name, chunk.ids, images, chunk.labels, stored), stats
 
 
 class UnitRunner:

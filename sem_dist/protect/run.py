@@ -25,7 +25,7 @@ from ..distributed.engine import RayEngine
 from ..distributed.storage import check_cluster_visible
 from ..engine.base import Engine, Fitted
 from ..engine.checkpoint import read_checkpoint
-from ..engine.input import Input
+from ..engine.input import Input, input_files
 from ..engine.local import LocalEngine
 from ..engine.spec import RunSpec
 from ..engine.units import unit_count
@@ -46,7 +46,7 @@ def protect(spec: RunSpec) -> Manifest:
     # how the fit will get the split: its refusals, and which paths Ray stages touch, before any write
     feed = fit.choose_feed(cfg, inp, spec.engine, uses_ray_train(spec.engine.train_workers, output.checkpoint))
     fit_engine = LocalEngine() if feed == fit.IN_PROCESS else RayEngine()
-    files = read.identity(inp)
+    files = input_files(inp)
     fp = fingerprint(cfg, inp, spec, files)
     if output.complete and spec.resume:
         return output.already_done(fp)
@@ -92,7 +92,7 @@ def regenerate_dataset(spec: RunSpec) -> Manifest:
     info = inp.info
     state = as_method_state(raw, len(info.classes), info.channels, info.image_side, redact_uri(spec.generator))
     cfg = ProtectConfig.from_dict(state["config"])
-    files = read.identity(inp)
+    files = input_files(inp)
     fp = fingerprint(cfg, inp, spec, files, generator_sha256=sha)
     if output.complete and spec.resume:
         return output.already_done(fp)
