@@ -53,6 +53,44 @@ def test_channels_last_gives_the_plain_paths_noise():
     _assert_same(_grad_and_noise(plain, spec, x, y), _grad_and_noise(fast, spec, x, y))
 
 
+def _textbook_order(model):
+    """The same model (same parameters) with each ReLU back before its max-pooling."""
+    import copy
+
+    model = copy.deepcopy(model)
+    layers = list(model.net.features)
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]
+    for i in pools:
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    assert isinstance(layers[2], torch.nn.ReLU)
+    model.net.features = torch.nn.Sequential(*layers)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "vgg16"])
+def test_pooling_before_relu_gives_the_textbook_orders_numbers_bit_for_bit(arch):
+    # models/blocks.py pools before the ReLU for speed; outputs, input and weight gradients and BatchNorm's
+    # running statistics must be those of conv → BN → ReLU → pool exactly, in fp32 and under bf16 autocast
+    fast = build_model(arch, 10, 3, seed=0).to(memory_format=torch.channels_last)
+    textbook = _textbook_order(fast)
+    assert fast.state_dict().keys() == textbook.state_dict().keys()
+    g = torch.Generator().manual_seed(0)
+    for amp in (False, True):
+        for train in (False, True):
+            x = (torch.rand(16, 3, 32, 32, generator=g) * 2 - 0.5).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (16,), generator=g)
+            got = []
+            for model in (fast, textbook):
+                model.train(train)
+                model.zero_grad()
+                xi = x.clone().requires_grad_(True)
+                with torch.autocast("cpu", torch.bfloat16, enabled=amp, cache_enabled=False):
+                    out = model(xi)
+                torch.nn.functional.cross_entropy(out.float(), y).backward()
+                got.append([out, xi.grad, *(p.grad for p in model.parameters()), *model.buffers()])
+            assert all(torch.equal(a, b) for a, b in zip(*got)), (arch, amp, train)
+
+
 def test_compiled_model_gives_the_plain_paths_noise():
     # Dynamo graph capture + AOT autograd, which is what `trainer.compile: on` adds around the model; the
     # inductor code generator itself is not run here (it needs minutes of compilation on a 2-core CPU)

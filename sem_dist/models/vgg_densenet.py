@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import conv_bn_relu
+
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
@@ -12,11 +14,9 @@ class VGG(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, plan=tuple(_VGG16)):
         super().__init__()
         layers, cin = [], in_channels
-        for v in plan:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+        for i, v in enumerate(plan):
+            if v != "M":  # a pooling ("M") goes inside the block before it
+                layers += conv_bn_relu(cin, v, pool=i + 1 < len(plan) and plan[i + 1] == "M")
                 cin = v
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(cin, num_classes)
