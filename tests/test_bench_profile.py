@@ -31,3 +31,20 @@ def test_profile_parts_add_up_to_the_step_time_and_leave_the_step_unchanged():
         assert torch.equal(a, b)  # instrumenting changes nothing the step computes
     # the wrappers are gone afterwards
     assert CounterStream.rand.__name__ == "rand" and not hasattr(CounterStream.rand, "__wrapped__")
+
+
+def test_bench_alg1_lists_the_steps_heaviest_operators_in_both_precisions():
+    from sem_dist.bench import alg1
+
+    result = alg1.run(quick=True, verbose=False, batch_size=8, image_side=16, reps=1, no_rem=True, ku=1, ka=1, ops=4)
+    ops = result["ops"]
+    assert len(ops) == 4 and all(r["op"].startswith("aten::") for r in ops), ops
+    # an operator may run in one precision only: without bf16 hardware (the AVX2 kernel set) bf16 convolutions
+    # are ATen's own (_slow_conv2d), not oneDNN's
+    assert all(max(r["fp32_ms"], r["bf16_ms"]) > 0 for r in ops), ops
+    assert all(r["speedup"] == (round(r["fp32_ms"] / r["bf16_ms"], 2) if r["bf16_ms"] else None) for r in ops)
+    # a SEM step is mostly convolutions and their backward (input gradients)
+    assert "conv" in ops[0]["op"], ops
+    assert ops == sorted(ops, key=lambda r: -max(r["fp32_ms"], r["bf16_ms"]))
+    for precision, total in result["ops_total_ms"].items():
+        assert sum(r[f"{precision}_ms"] for r in ops) <= total + 0.1, (precision, total, ops)

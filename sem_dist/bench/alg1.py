@@ -11,6 +11,9 @@ t_input_grad_whole_pass_s is the same pass unchunked.
 t_passes_s, t_transform_s, t_random_s, t_project_s, t_other_s: a SEM step's time in forward/backward
 passes, EOT transforms, random draws, projections, and the optimizer (see ``bench.profile``);
 profile_coverage is their sum over the step time.
+ops (with --ops N): the N operators with the most self CPU time in one SEM step, in each precision (torch
+profiler, one step each after the timed ones), as ``{"op", "fp32_ms", "bf16_ms", "speedup"}``: where bf16 gains
+and where it does not (docs/performance.md, "bf16 on CPUs"); ops_total_ms: all operators' self time in that step.
 speedup_vs_contiguous (with --baseline-layout): the same SEM step as the code before issue #13 ran it
 (contiguous, uncompiled model, passes run whole, glibc's default malloc) over this run's step. The baseline
 runs in a child process started without this package's malloc settings (:mod:`sem_dist.runtime.allocator`, which
@@ -20,6 +23,7 @@ in this process, i.e. with the malloc settings: what layout, compilation and chu
 """
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -57,6 +61,8 @@ def add_arguments(group) -> None:
                             "processes' load skews less")
     group.add_argument("--reps", type=int, help="timed steps per method (default 3; 1 with --quick)")
     group.add_argument("--no-rem", action="store_true", help="time SEM only (REM costs ≈ 9× SEM: skip it for big models)")
+    group.add_argument("--ops", type=int, default=0,
+                       help="also list the N operators with the most CPU time in one SEM step, per precision")
     group.add_argument("--ku", type=int, help="K_u noise steps (default 10; fewer shortens a run, same pass shapes)")
     group.add_argument("--ka", type=int, help="K_a PGD steps (default 10)")
 
@@ -134,10 +140,30 @@ def profiled_steps(training: GeneratorTraining, x, y, steps: int,
     return times, profile
 
 
+def op_times(training: GeneratorTraining, x, y) -> dict[str, float]:
+    """Self CPU milliseconds per operator in one Algorithm-1 step (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # read at the profiler's first use: no start/stop lines
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        training.run_step(x, y)
+    return {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
+
+
+def _op_table(runs: dict, x, y, bf16: bool, n: int) -> dict:
+    here, other = ("bf16", "fp32") if bf16 else ("fp32", "bf16")
+    ms = {here: op_times(runs["sem"], x, y), other: op_times(runs["sem_other_precision"], x, y)}
+    top = sorted(set(ms["fp32"]) | set(ms["bf16"]), key=lambda op: -max(ms["fp32"].get(op, 0), ms["bf16"].get(op, 0)))
+    rows = [{"op": op, "fp32_ms": round(ms["fp32"].get(op, 0.0), 2), "bf16_ms": round(ms["bf16"].get(op, 0.0), 2)}
+            for op in top[:n]]
+    rows = [{**r, "speedup": round(r["fp32_ms"] / r["bf16_ms"], 2) if r["bf16_ms"] else None} for r in rows]
+    return {"ops": rows, "ops_total_ms": {p: round(sum(t.values()), 2) for p, t in ms.items()}}
+
+
 def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batch_size: int | None = None,
         image_side: int = 32, device: str = "cpu", memory_format: str = "auto", compile: str = "off",
         pass_chunk: str = "auto", amp: str = "auto", baseline_layout: bool = False, reps: int | None = None,
-        no_rem: bool = False, ku: int | None = None, ka: int | None = None, clock: str = "wall") -> dict:
+        no_rem: bool = False, ku: int | None = None, ka: int | None = None, clock: str = "wall", ops: int = 0) -> dict:
     torch.manual_seed(0)
     tick = time.process_time if clock == "cpu" else time.perf_counter
     batch = batch_size or (32 if quick else 128)
@@ -203,6 +229,8 @@ def run(quick: bool = False, verbose: bool = True, arch: str = "small_cnn", batc
     }
     if not no_rem:
         out["rem_step_s"], out["rem_over_sem"] = med["rem"], med["rem"] / med["sem"]
+    if ops:
+        out.update(_op_table(runs, x, y, bf16, ops))
     if baseline_layout:
         out["sem_main_step_s"], out["speedup_vs_contiguous"] = med["main"], med["main"] / med["sem"]
         out["sem_contiguous_step_s"] = med["sem_contiguous"]
