@@ -147,9 +147,10 @@ def test_s3_profile_flag(tmp_path, cli, s3_env, tiny_digits, monkeypatch):
     # Ray Train's checkpoint storage with the profile: only the name travels in what Ray ships to workers
     import pickle
 
+    from sem_dist.data.storage import StorageOptions
     from sem_dist.distributed.storage import run_exists, storage_for
 
-    path, fs = storage_for(f"s3://{bucket}/ckpt", None, "sem")
+    path, fs = storage_for(f"s3://{bucket}/ckpt", StorageOptions(s3_profile="sem"))
     blob = pickle.dumps(fs)
     assert S3_SECRET.encode() not in blob and S3_KEY.encode() not in blob and b"sem" in blob
     fs = pickle.loads(blob)

@@ -305,7 +305,7 @@ def fit_generator(cfg: ProtectConfig, data, opts: RayTrainOptions, info=None,
     from .resources import wait_for_resources
     from .storage import check_cluster_visible, run_exists, storage_for
 
-    storage_path, filesystem = storage_for(opts.checkpoint, opts.storage.s3_endpoint, opts.storage.s3_profile)
+    storage_path, filesystem = storage_for(opts.checkpoint, opts.storage)
     engine = opts.engine
     connect(engine.address)
     check_cluster_visible({"checkpoint folder": opts.checkpoint}, engine.shared_fs)

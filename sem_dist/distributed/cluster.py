@@ -3,7 +3,8 @@
 Token authentication is on for every Ray this package starts: the embedded cluster runs with
 ``RAY_AUTH_MODE=token`` (Ray's default for a cluster ``ray.init`` starts; it writes a token to
 ``~/.ray/auth_token`` if none exists) and its dashboard listens on 127.0.0.1 only. Joining a cluster uses the
-caller's ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``, which a ``ray job submit`` driver inherits from its node.
+caller's ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``, which a ``ray job submit`` driver
+inherits from its node.
 """
 from __future__ import annotations
 

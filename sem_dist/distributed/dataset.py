@@ -64,7 +64,7 @@ def read_rows(spec: str, storage: StorageOptions, split: str | None = None):
     if folder.is_local:
         root, filesystem = folder.path, None
     else:
-        root, filesystem = storage_for(folder.display, storage.s3_endpoint, storage.s3_profile)
+        root, filesystem = storage_for(folder.display, storage)
     paths = [f"{root}/{s.name}" for s in info.manifest.shards]
     # one read task per shard: Ray's default count follows the cluster's CPUs, and the blocks decide which rows
     # each Ray Train rank gets, so a resume on another node layout would see other rows

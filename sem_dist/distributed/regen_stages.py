@@ -10,8 +10,8 @@ One row flows per output shard of a unit — the shards, names and rows of the i
 (:class:`~sem_dist.engine.local.UnitInput`) — plus one *end* row per unit with its shard count, its
 skipped records, or the error that stopped it. The noise stage solves each shard with the function the
 in-process engine uses (``perturb.algorithm4.chunk_noise``: batches formed inside the shard; a sample's noise
-depends on (seed, id)), so the bytes are the same for the same seed. Each noise actor has two shards in flight: the next one
-is already local when it returns the last, so it never waits on storage.
+depends on (seed, id)), so the bytes are the same for the same seed. Each noise actor has two shards in flight:
+the next one is already local when it returns the last, so it never waits on storage.
 
 The driver holds metadata only: unit numbers go in, one small row per written shard comes back; once all of
 a unit's shards are back it writes the unit's ledger entry (``--resume`` redoes units without one). Rows

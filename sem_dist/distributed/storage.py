@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..data.storage import Location
+from ..data.storage import Location, StorageOptions
 
 
 def is_remote(uri: str | None) -> bool:
@@ -66,9 +66,9 @@ def _node_local(path: "str | Location") -> str | None:
     return spec.display if spec.target and not is_remote(spec.target) else None
 
 
-def storage_for(uri: str, endpoint: str | None = None, profile: str | None = None):
-    """``(storage_path, storage_filesystem)`` for ``RunConfig``. ``profile`` names an AWS profile that every
-    node resolves itself: only its name travels with the filesystem object."""
+def storage_for(uri: str, storage: StorageOptions = StorageOptions()):
+    """``(storage_path, storage_filesystem)`` for ``RunConfig``. ``storage.s3_profile`` names an AWS profile that
+    every node resolves itself: only its name travels with the filesystem object."""
     from ..data.storage import refuse_credentials
 
     parsed = urlparse(refuse_credentials(uri, "--checkpoint-dir"))
@@ -78,12 +78,12 @@ def storage_for(uri: str, endpoint: str | None = None, profile: str | None = Non
         raise ValueError(f"checkpoint storage must be a local path or s3://bucket/prefix, not {parsed.scheme}://")
     import pyarrow.fs
 
-    if profile:  # pyarrow's S3 client takes no profile name; s3fs does, wrapped as a pyarrow filesystem
-        from ..data.storage import StorageOptions, open_location
+    if storage.s3_profile:  # pyarrow's S3 client takes no profile name; s3fs does, wrapped as a pyarrow filesystem
+        from ..data.storage import open_location
 
-        loc = open_location(f"s3://{parsed.netloc}{parsed.path}", StorageOptions(endpoint, profile))
+        loc = open_location(f"s3://{parsed.netloc}{parsed.path}", storage)
         return loc.path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = storage.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {}
     if endpoint:
         ep = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")

@@ -114,7 +114,7 @@ def _write(uri: str, data: bytes, store: StorageOptions) -> None:
     """Write a file at a local path or s3:// URI; local writes are atomic (temp file + rename)."""
     from .storage import storage_for
 
-    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
+    path, fs = storage_for(uri, store)
     if fs is None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -131,7 +131,7 @@ def _read(uri: str, store: StorageOptions) -> bytes | None:
 
     from .storage import storage_for
 
-    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
+    path, fs = storage_for(uri, store)
     fs = fs or pyarrow.fs.LocalFileSystem()
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         return None
@@ -145,7 +145,7 @@ def _list(uri: str, store: StorageOptions) -> list[str]:
 
     from .storage import storage_for
 
-    path, fs = storage_for(uri, store.s3_endpoint, store.s3_profile)
+    path, fs = storage_for(uri, store)
     fs = fs or pyarrow.fs.LocalFileSystem()
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File]
@@ -414,7 +414,7 @@ def run_search(req: SearchRequest) -> SearchResult:
 
     _check(req)
     store = req.store
-    storage_path, fs = storage_for(req.storage, store.s3_endpoint, store.s3_profile)
+    storage_path, fs = storage_for(req.storage, store)
     exp_path = f"{storage_path}/{req.name}"
     exp_uri = f"{req.storage.rstrip('/')}/{req.name}" if fs is not None else exp_path
     stored = _read(f"{exp_uri}/{SEARCH_FILE}", store)

@@ -11,8 +11,8 @@ Units are what the input already divides into, so any worker can run any unit kn
   resized to the working size in batches, cut into output shards of ``--shard-rows`` rows (default: ~64 MiB
   of pixels), each perturbed and written as soon as it is full, so memory holds one output shard, not the unit.
 A unit's work is three steps — :class:`UnitInput` (read into output shards), ``perturb.algorithm4.chunk_noise``
-(the model), ``data.canonical.write_shard`` (encode, write) — which :class:`UnitRunner` runs in sequence in this process
-(:func:`regenerate_local`) and ``sem_dist.distributed.regen_stages`` runs as three Ray Data stages, so both
+(the model), ``data.canonical.write_shard`` (encode, write) — which :class:`UnitRunner` runs in sequence in this
+process (:func:`regenerate_local`) and ``sem_dist.distributed.regen_stages`` runs as three Ray Data stages, so both
 engines write the same bytes for the same seed (noise depends on (seed, id); block methods such as NTGA on
 blocks formed inside an output shard).
 Other sources (bundled and MNIST/CIFAR files), and canonical inputs re-cut by ``--shard-rows``, run in this

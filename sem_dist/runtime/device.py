@@ -75,7 +75,8 @@ def resolve_amp(setting: str | bool, device: torch.device) -> bool:
     ``auto`` on a CPU whose kernels compute bf16 in hardware (:func:`cpu_bf16_kernels`). There a SEM step ran
     1.6× (small_cnn) and 1.9× (ResNet-18) faster than fp32, and victims' accuracy on its noise stayed within the
     seed spread of fp32 noise (docs/performance.md). ``auto`` stays off on a GPU: on an H200 the bf16 SEM step
-    was no faster (issue #21's 0.220 s against 0.210 s fp32), the passes there being bound by kernel launches, not arithmetic."""
+    was no faster (issue #21's 0.220 s against 0.210 s fp32), the passes there being bound by kernel launches,
+    not arithmetic."""
     setting = parse_amp(setting)
     if setting == "auto":
         return device.type == "cpu" and cpu_bf16_kernels()

@@ -3,8 +3,8 @@
 A spec is ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``,
 ``imagefolder:DIR[?classes=N&size=S&mode=RGB|L]``, ``parquet:URI[?image=COL&label=COL&id=COL&…]``
 (Hugging Face-style Parquet without a manifest), ``webdataset:URI[?…]`` (tar shards), or a canonical dataset
-URI (local path, ``file://``, ``s3://``, any fsspec URI). Every spec takes ``?split=NAME`` (``train``/``test`` for sources with splits,
-or a split folder of a canonical dataset written by ``convert``).
+URI (local path, ``file://``, ``s3://``, any fsspec URI). Every spec takes ``?split=NAME`` (``train``/``test``
+for sources with splits, or a split folder of a canonical dataset written by ``convert``).
 """
 from __future__ import annotations
 
